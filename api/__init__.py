@@ -1,0 +1,1 @@
+"""HTTP API, auth (tenants, API keys, roles) and the `clearance` command line."""

@@ -1,0 +1,26 @@
+"""The FastAPI app factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api import errors, routes
+from core import celery_app
+from core.settings import get_settings
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    celery_app.configure(settings)
+    app = FastAPI(
+        title="Clearance",
+        version="0.1.0",
+        description=(
+            "Content clearance for FLUX.1 image generation. Every job passes prompt policy, "
+            "generation, image checks and routing before its images are released."
+        ),
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(routes.router)
+    return app

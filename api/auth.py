@@ -1,0 +1,109 @@
+"""Tenants and API keys. A key is `clr_<prefix>_<secret>`: the prefix finds the row, the
+sha256 of the whole key is compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.models import ROLES, ApiKey, Tenant
+from audit import service as audit
+from core.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    choices,
+)
+
+_KEY_FORMAT = re.compile(r"^clr_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    role: str
+    key_id: str
+    actor: str
+
+    def require(self, *roles: str) -> None:
+        if self.role not in roles:
+            raise PermissionDeniedError(
+                f"role {self.role!r} may not do this; it needs {choices(roles)}", field="role"
+            )
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_tenant(*, session: Session, name: str, actor: str) -> Tenant:
+    if not _TENANT_NAME.match(name):
+        raise InvalidInputError(
+            f"tenant name {name!r} is not allowed: use 1-100 lowercase letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit",
+            field="name",
+        )
+    if session.scalar(select(Tenant).where(Tenant.name == name)) is not None:
+        raise ConflictError(f"tenant {name!r} already exists", field="name")
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    session.flush()
+    audit.append(
+        session=session,
+        actor=actor,
+        tenant_id=tenant.id,
+        type="tenant.created",
+        subject=f"tenant:{tenant.id}",
+        payload={"name": name},
+    )
+    return tenant
+
+
+def tenant_by_name(*, session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        known = session.scalars(select(Tenant.name).order_by(Tenant.name)).all()
+        raise NotFoundError(
+            f"tenant {name!r} does not exist; existing tenants: {choices(known) or 'none'}",
+            field="tenant",
+        )
+    return tenant
+
+
+def create_key(*, session: Session, tenant: Tenant, role: str, actor: str) -> str:
+    """Store a new key and return it: the only time it is ever visible."""
+    if role not in ROLES:
+        raise InvalidInputError(f"role {role!r} is not one of {choices(ROLES)}", field="role")
+    prefix = secrets.token_hex(6)
+    key = f"clr_{prefix}_{secrets.token_urlsafe(32)}"
+    session.add(ApiKey(tenant_id=tenant.id, role=role, prefix=prefix, key_hash=_hash(key)))
+    audit.append(
+        session=session,
+        actor=actor,
+        tenant_id=tenant.id,
+        type="api_key.created",
+        subject=f"api_key:{prefix}",
+        payload={"role": role},
+    )
+    return key
+
+
+def authenticate(*, session: Session, key: str) -> Principal:
+    match = _KEY_FORMAT.match(key)
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == match.group(1))) if match else None
+    if row is None or not hmac.compare_digest(row.key_hash, _hash(key)):
+        raise AuthenticationError("the API key is not valid", field="Authorization")
+    if row.revoked_at is not None:
+        raise AuthenticationError("the API key has been revoked", field="Authorization")
+    return Principal(
+        tenant_id=row.tenant_id, role=row.role, key_id=row.id, actor=f"api_key:{row.prefix}"
+    )

@@ -1,0 +1,426 @@
+"""The `clearance` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from core.settings import get_settings
+
+CLI_ACTOR = "cli"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DEMO_TENANT = "demo"
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _run_service(action: Any) -> Any:
+    """Run `action`, turning our own errors into a one-line message and exit status 1."""
+    from core.errors import ClearanceError
+
+    try:
+        return action()
+    except ClearanceError as e:
+        _fail(e.detail)
+
+
+@click.group()
+def main() -> None:
+    """Clearance: content clearance for FLUX.1 image generation."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+
+
+def _log_info() -> None:
+    """Long-running commands log their progress; one-shot commands print only results."""
+    logging.getLogger().setLevel(logging.INFO)
+
+
+# --- database ------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations to the configured database."""
+    from migrations.config import upgrade
+
+    upgrade(revision=revision)
+    click.echo(f"database at revision {revision}: {_redacted(get_settings().db_url)}", err=True)
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# --- tenants and keys ----------------------------------------------------------------------
+
+
+@main.group()
+def tenants() -> None:
+    """Tenants."""
+
+
+@tenants.command("create")
+@click.argument("name")
+def tenants_create(name: str) -> None:
+    """Create a tenant; prints its id."""
+    from api import auth
+    from core.db import session_scope
+
+    def create() -> str:
+        with session_scope() as session:
+            return auth.create_tenant(session=session, name=name, actor=CLI_ACTOR).id
+
+    click.echo(_run_service(create))
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant name.")
+@click.option(
+    "--role", required=True, type=click.Choice(["requester", "reviewer", "legal", "admin"])
+)
+def keys_create(tenant: str, role: str) -> None:
+    """Create an API key; prints only the key (it is stored hashed and never shown again)."""
+    from api import auth
+    from core.db import session_scope
+
+    def create() -> str:
+        with session_scope() as session:
+            found = auth.tenant_by_name(session=session, name=tenant)
+            return auth.create_key(session=session, tenant=found, role=role, actor=CLI_ACTOR)
+
+    click.echo(_run_service(create))
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def _worker_command(queues: str | None = None) -> list[str]:
+    command = [sys.executable, "-m", "api.cli", "worker"]
+    return command + (["--queues", queues] if queues else [])
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--no-worker", is_flag=True, help="Serve the API only; run workers separately.")
+def serve(host: str, port: int, no_worker: bool) -> None:
+    """Serve the HTTP API, with a worker unless --no-worker. Ctrl-C stops both."""
+    import uvicorn
+
+    _log_info()
+    # uvicorn re-raises SIGTERM after its own shutdown; exit through Python instead, so the
+    # `finally` below still stops the worker.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    worker = None if no_worker else subprocess.Popen(_worker_command())  # noqa: S603 (our own argv)
+    try:
+        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level="info")
+    finally:
+        if worker is not None:
+            _stop(worker)
+
+
+def _stop(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # Celery's warm shutdown: finish the current task
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@main.command()
+@click.option(
+    "--queues",
+    default="gpu,checks",
+    show_default=True,
+    help="Comma-separated queues: 'gpu' (generation) and/or 'checks' (everything else).",
+)
+@click.option("--concurrency", type=int, default=None, help="Default: worker.concurrency setting.")
+def worker(queues: str, concurrency: int | None) -> None:
+    """Run a Celery worker for the pipeline stages."""
+    from core import celery_app
+    from migrations import models  # noqa: F401 (every table, so foreign keys resolve)
+    from pipeline import tasks  # noqa: F401 (registers the stage tasks)
+
+    _log_info()
+    settings = get_settings()
+    known = {celery_app.GPU_QUEUE, celery_app.CHECKS_QUEUE}
+    unknown = set(queues.split(",")) - known
+    if unknown:
+        _fail(f"--queues: unknown queue(s) {sorted(unknown)}; valid: {sorted(known)}")
+    app = celery_app.configure(settings)
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={queues}",
+            f"--concurrency={concurrency or settings.worker.concurrency}",
+            "--loglevel=INFO",
+            # The embedded broker has no broadcast; workers need none of these to do their job.
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+
+
+# --- client --------------------------------------------------------------------------------
+
+
+def _client() -> Any:
+    import httpx
+
+    settings = get_settings()
+    if not settings.api_key:
+        _fail("set CLEARANCE_API_KEY to an API key (see `clearance keys create`)")
+    return httpx.Client(
+        base_url=settings.api_url,
+        headers={"Authorization": f"Bearer {settings.api_key}"},
+        timeout=30.0,
+    )
+
+
+def _checked(response: Any) -> dict[str, Any]:
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            _fail(f"{body.get('error')}: {body.get('detail')}")
+        except ValueError:
+            _fail(f"HTTP {response.status_code}: {response.text[:200]}")
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def _describe(job: dict[str, Any]) -> str:
+    lines = [f"job {job['id']}: {job['state']}"]
+    if job.get("model"):
+        lines.append(f"  model: {job['model']}")
+    if job.get("error"):
+        lines.append(f"  error: {job['error']}")
+    for decision in job["decisions"]:
+        lines.append(f"  {decision['stage']}: {decision['decision']}")
+        lines.extend(f"    - {reason.get('detail')}" for reason in decision["reasons"])
+    for image in job["images"]:
+        where = image["url"] or "not released"
+        lines.append(f"  image {image['index']} (seed {image['seed']}): {where}")
+    return "\n".join(lines)
+
+
+SETTLED = {"released", "rejected", "blocked", "failed", "in_review"}
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--variant", default="schnell", show_default=True)
+@click.option(
+    "--use",
+    default="commercial",
+    show_default=True,
+    type=click.Choice(["commercial", "non-commercial"]),
+)
+@click.option("--n", "n_images", default=1, show_default=True, type=int, help="Images to generate.")
+@click.option("--seed", type=int, default=None, help="Default: random (recorded with the job).")
+@click.option("--width", type=int, default=1024, show_default=True)
+@click.option("--height", type=int, default=1024, show_default=True)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait until the job is released, in review, blocked, rejected or failed.",
+)
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds --wait waits at most.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as the API returns it.")
+def submit(
+    prompt: str,
+    variant: str,
+    use: str,
+    n_images: int,
+    seed: int | None,
+    width: int,
+    height: int,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Submit a job through the HTTP API (CLEARANCE_API_URL, CLEARANCE_API_KEY).
+
+    Exit status: 0 when the job is released (or, without --wait, accepted); 3 when it ended
+    in another state; 1 on an error."""
+    import httpx
+
+    body = {
+        "prompt": prompt,
+        "variant": variant,
+        "use": use,
+        "n_images": n_images,
+        "width": width,
+        "height": height,
+        "seed": seed,
+    }
+    try:
+        with _client() as client:
+            job = _checked(client.post("/v1/jobs", json=body))
+            deadline = time.monotonic() + timeout
+            while wait and job["state"] not in SETTLED:
+                if time.monotonic() > deadline:
+                    _fail(f"job {job['id']} still {job['state']} after {timeout:g} s")
+                time.sleep(0.25)
+                job = _checked(client.get(f"/v1/jobs/{job['id']}"))
+    except httpx.HTTPError as e:
+        _fail(f"cannot reach the API at {get_settings().api_url}: {e}")
+    click.echo(json.dumps(job, indent=2) if as_json else _describe(job))
+    if wait and job["state"] != "released":
+        sys.exit(3)
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """The audit log."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the whole hash chain; names the first broken event. Exit status 1 if broken."""
+    from audit import service
+    from core.db import read_scope
+
+    with read_scope() as session:
+        result = service.verify(session=session)
+    if result.broken is not None:
+        _fail(
+            f"audit chain BROKEN at event #{result.broken.seq}: {result.broken.reason} "
+            f"({result.events_checked} events before it verified)"
+        )
+    click.echo(f"audit chain OK: {result.events_checked} events verified, head #{result.head_seq}")
+
+
+# --- catalogue -----------------------------------------------------------------------------
+
+
+@main.group()
+def assets() -> None:
+    """The protected-asset catalogue."""
+
+
+@assets.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def assets_import(file: Path) -> None:
+    """Import a catalogue YAML file (assets, with optional `exemplars:` image paths)."""
+    from core.blobs import BlobStore
+    from core.db import session_scope
+    from reference_index import service
+
+    def run() -> Any:
+        with session_scope() as session:
+            return service.import_catalogue(
+                session=session,
+                blobs=BlobStore(get_settings().blob_dir),
+                path=file,
+                actor=CLI_ACTOR,
+            )
+
+    summary = _run_service(run)
+    click.echo(
+        f"assets: {summary.assets_created} created, {summary.assets_updated} updated; "
+        f"reference images added: {summary.references_added}"
+    )
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+DEMO_JOBS = (
+    {"prompt": "a lighthouse in a storm, oil painting", "variant": "schnell", "use": "commercial"},
+    {"prompt": "a watercolour fox in a snowy forest", "variant": "dev", "use": "non-commercial"},
+    {"prompt": "a product shot of running shoes for an ad", "variant": "dev", "use": "commercial"},
+)
+
+
+@main.group()
+def demo() -> None:
+    """The demo tenant that `make run` sets up."""
+
+
+@demo.command("seed")
+def demo_seed() -> None:
+    """Create the demo tenant, a requester key (saved to DATA_DIR/demo-api-key) and a few demo
+    jobs, once. Later runs print the saved key again and change nothing."""
+    from sqlalchemy import select
+
+    from api import auth
+    from api.models import Tenant
+    from core import celery_app
+    from core.db import session_scope
+    from pipeline import service as jobs
+    from pipeline import tasks
+
+    settings = get_settings()
+    key_file = settings.data_dir / "demo-api-key"
+    with session_scope() as session:
+        exists = session.scalar(select(Tenant).where(Tenant.name == DEMO_TENANT)) is not None
+    if not exists:
+        celery_app.configure(settings)
+        with session_scope() as session:
+            tenant = auth.create_tenant(session=session, name=DEMO_TENANT, actor=CLI_ACTOR)
+            key = auth.create_key(session=session, tenant=tenant, role="requester", actor=CLI_ACTOR)
+            actor = f"api_key:{key.split('_')[1]}"
+            job_ids = [
+                jobs.create_job(
+                    session=session,
+                    settings=settings,
+                    tenant_id=tenant.id,
+                    actor=actor,
+                    request=jobs.NewJob(width=1024, height=1024, seed=7, n_images=1, **spec),
+                ).id
+                for spec in DEMO_JOBS
+            ]
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.touch(mode=0o600)
+        key_file.write_text(key + "\n")
+        for job_id in job_ids:
+            tasks.enqueue(job_id)
+        click.echo(f"demo tenant created with {len(job_ids)} demo jobs queued", err=True)
+    elif not key_file.exists():
+        _fail(
+            f"tenant {DEMO_TENANT!r} exists but {key_file} is gone; create a key with "
+            f"`clearance keys create --tenant {DEMO_TENANT} --role requester`"
+        )
+    key = key_file.read_text().strip()
+    click.echo(
+        f"\nDemo API key (tenant {DEMO_TENANT!r}, role requester), saved in {key_file}:\n"
+        f"  export CLEARANCE_API_KEY={key}\n"
+        f"Then, in another terminal:\n"
+        f'  .venv/bin/clearance submit "a lighthouse in a storm" --wait\n',
+        err=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Tamper-evident audit log: hash-chained, append-only events; chain verification."""

@@ -1,0 +1,1 @@
+"""Shared foundations: settings, database, the Celery app, the blob store, base errors."""

@@ -1,0 +1,69 @@
+"""The one Celery app. Stage tasks register on it from `pipeline.tasks`.
+
+Queues: `gpu` for generation (one task at a time per GPU), `checks` for everything else.
+An embedded deployment runs one worker that consumes both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from core.db import dispose_engines
+from core.settings import Settings, get_settings
+
+GPU_QUEUE = "gpu"
+CHECKS_QUEUE = "checks"
+
+# kombu's SQLAlchemy transport polls its tables; its default of 1 s adds up to a second to every
+# stage. It is a class attribute because `broker_transport_options` goes to `create_engine`.
+EMBEDDED_BROKER_POLL_S = 0.1
+
+app = Celery("clearance")
+
+
+def configure(settings: Settings | None = None) -> Celery:
+    """Point the app at the configured broker. Called by the API and the worker at start."""
+    settings = settings or get_settings()
+    broker = settings.broker
+    transport_options: dict[str, Any] = {}
+    if broker.startswith("sqla+"):
+        from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+        kombu_sqlalchemy.Transport.polling_interval = EMBEDDED_BROKER_POLL_S
+        if broker.startswith("sqla+sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            # Handed to create_engine: wait for the broker file's lock instead of failing.
+            transport_options = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    elif broker.startswith("redis"):
+        # Unacknowledged tasks come back after this long; longer than any stage may run.
+        transport_options = {"visibility_timeout": int(settings.worker.stage_time_limit_s * 3)}
+    app.conf.update(
+        broker_url=broker,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        task_acks_late=True,
+        # A worker killed mid-task gives the task back; the stage guard counts the attempts.
+        task_reject_on_worker_lost=True,
+        task_default_queue=CHECKS_QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_concurrency=settings.worker.concurrency,
+        worker_max_tasks_per_child=settings.worker.max_tasks_per_child,
+        worker_max_memory_per_child=settings.worker.max_memory_per_child_mb * 1024,
+        worker_hijack_root_logger=False,
+        task_soft_time_limit=settings.worker.stage_soft_time_limit_s,
+        task_time_limit=settings.worker.stage_time_limit_s,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app
+
+
+@worker_process_init.connect
+def _fresh_connections_in_child(**_: Any) -> None:
+    dispose_engines()

@@ -1,0 +1,97 @@
+"""Settings: one `Settings` object read from `CLEARANCE_*` environment variables.
+
+Defaults are the embedded ones (SQLite under the data folder, a broker that needs no server,
+blobs on local disk, the tiny offline model), so a fresh checkout runs with no configuration.
+Production sets `CLEARANCE_DATABASE_URL` and `CLEARANCE_BROKER_URL`; nested sections are set
+with a double underscore, e.g. `CLEARANCE_POLICY__BLOCKLIST='["term", "other term"]'`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GenerationSettings(BaseModel):
+    # Variant name -> local folder holding a Hugging Face snapshot of that FLUX.1 model.
+    local_models: dict[str, Path] = Field(default_factory=dict)
+    # Without a folder for a local variant, use the tiny random-weight pipeline (labelled as
+    # such everywhere). Production turns this off so a missing folder is an error instead.
+    allow_tiny_fallback: bool = True
+    # Where the tiny pipeline is saved; default: DATA_DIR/models/tiny-flux.
+    tiny_model_dir: Path | None = None
+
+
+class PolicySettings(BaseModel):
+    # Prompts containing any of these terms (whole words, case-insensitive) are blocked.
+    blocklist: list[str] = Field(
+        default_factory=lambda: ["child sexual", "csam", "beheading", "snuff film"]
+    )
+    # Prompts containing any of these terms go to human review.
+    review_terms: list[str] = Field(default_factory=list)
+
+
+class MatchingSettings(BaseModel):
+    # Meta's HMA treats PDQ Hamming distance <= 31 (of 256 bits) as a match.
+    pdq_max_distance: int = Field(default=31, ge=0, le=256)
+
+
+class WorkerSettings(BaseModel):
+    concurrency: int = Field(default=1, ge=1)
+    max_tasks_per_child: int = Field(default=200, ge=1)
+    max_memory_per_child_mb: int = Field(default=8192, ge=64)
+    # A stage past its soft limit is failed (fail closed); the hard limit kills the child.
+    stage_soft_time_limit_s: float = Field(default=600.0, gt=0)
+    stage_time_limit_s: float = Field(default=660.0, gt=0)
+    # A stage interrupted this many times (worker killed mid-stage) fails the job.
+    max_stage_attempts: int = Field(default=3, ge=1)
+    # Retries of a stage on transient errors (database or broker briefly unreachable).
+    transient_retries: int = Field(default=5, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CLEARANCE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    broker_url: str | None = None
+    # Where the `clearance submit` client finds the API, and the key it sends.
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    matching: MatchingSettings = Field(default_factory=MatchingSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        # Absolute, so the API and a worker started from another folder agree on it.
+        return value.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'clearance.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def tiny_model_dir(self) -> Path:
+        return self.generation.tiny_model_dir or self.data_dir / "models" / "tiny-flux"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Alembic migrations for every table. `clearance db upgrade` runs them."""

@@ -1,0 +1,1 @@
+"""The Celery chain that joins the features: stages, routing, release."""

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from core.db import Base, new_id, utcnow
+
+# Job states. `in_review` waits for a person; the last four are final.
+QUEUED = "queued"
+CHECKING_PROMPT = "checking_prompt"
+GENERATING = "generating"
+CHECKING_IMAGES = "checking_images"
+APPROVED = "approved"
+IN_REVIEW = "in_review"
+REJECTED = "rejected"
+BLOCKED = "blocked"
+RELEASED = "released"
+FAILED = "failed"
+JOB_STATES = (
+    QUEUED,
+    CHECKING_PROMPT,
+    GENERATING,
+    CHECKING_IMAGES,
+    APPROVED,
+    IN_REVIEW,
+    REJECTED,
+    BLOCKED,
+    RELEASED,
+    FAILED,
+)
+FINAL_STATES = frozenset({REJECTED, BLOCKED, RELEASED, FAILED})
+# States a client waiting on a job stops at: final, or waiting for a person.
+SETTLED_STATES = FINAL_STATES | {IN_REVIEW}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(Text)
+    variant: Mapped[str] = mapped_column(String(40))
+    use: Mapped[str] = mapped_column(String(20))
+    width: Mapped[int]
+    height: Mapped[int]
+    seed: Mapped[int] = mapped_column(BigInteger)
+    n_images: Mapped[int]
+    state: Mapped[str] = mapped_column(String(20), default=QUEUED, index=True)
+    model: Mapped[str | None] = mapped_column(String(300))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    stages: Mapped[list[JobStage]] = relationship(
+        back_populates="job", order_by="JobStage.started_at", cascade="all, delete-orphan"
+    )
+    decisions: Mapped[list[JobDecision]] = relationship(
+        back_populates="job", order_by="JobDecision.created_at", cascade="all, delete-orphan"
+    )
+    images: Mapped[list[JobImage]] = relationship(
+        back_populates="job", order_by="JobImage.index", cascade="all, delete-orphan"
+    )
+
+
+class JobStage(Base):
+    """One stage of one job: when it ran, how often it was started, how it ended.
+    A finished row is what makes a redelivered stage task a no-op."""
+
+    __tablename__ = "job_stages"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(20), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(40))
+
+    job: Mapped[Job] = relationship(back_populates="stages")
+
+
+class JobDecision(Base):
+    """A decision with its reasons: the prompt policy's, the image checks', the router's."""
+
+    __tablename__ = "job_decisions"
+    __table_args__ = (UniqueConstraint("job_id", "stage"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(20))
+    decision: Mapped[str] = mapped_column(String(20))
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="decisions")
+
+
+class JobImage(Base):
+    __tablename__ = "job_images"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int]
+    seed: Mapped[int] = mapped_column(BigInteger)
+    blob_sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int]
+    height: Mapped[int]
+    pdq_hash: Mapped[str | None] = mapped_column(String(64))
+    pdq_quality: Mapped[int | None]
+    matches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    released_at: Mapped[datetime | None]
+
+    job: Mapped[Job] = relationship(back_populates="images")

@@ -1,0 +1,367 @@
+"""The stages of a job. Each runs as: claim (short transaction), work (no transaction held,
+may take minutes), record (short transaction). Results, the state change and the audit events
+of a stage are written in one transaction, so a stage either happened entirely or not at all.
+
+Idempotency: a stage whose `JobStage` row is finished is never run again, and a stage whose
+job has moved on (failed, blocked) does nothing. So a redelivered task adds no second image,
+decision or audit event. Each function returns whether the chain should go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from audit import service as audit
+from core.blobs import BlobStore
+from core.db import read_scope, session_scope, utcnow
+from core.settings import Settings, get_settings
+from generation import service as generation
+from generation.schemas import GenerationSpec
+from generation.variants import VARIANTS
+from pipeline import routing
+from pipeline.errors import JobNotFoundError
+from pipeline.models import (
+    APPROVED,
+    BLOCKED,
+    CHECKING_IMAGES,
+    CHECKING_PROMPT,
+    FAILED,
+    FINAL_STATES,
+    GENERATING,
+    QUEUED,
+    RELEASED,
+    SETTLED_STATES,
+    Job,
+    JobDecision,
+    JobImage,
+    JobStage,
+)
+from reference_index import pdq
+from reference_index import service as references
+from review import policy
+from review.schemas import PolicyRules, Use, VariantLicence
+
+ACTOR = "system:pipeline"
+
+PROMPT_CHECK = "prompt_check"
+GENERATE = "generate"
+IMAGE_CHECK = "image_check"
+ROUTE = "route"
+RELEASE = "release"
+STAGES = (PROMPT_CHECK, GENERATE, IMAGE_CHECK, ROUTE, RELEASE)
+
+
+@dataclass(frozen=True)
+class StageRule:
+    entry_states: frozenset[str]
+    # The job state while the stage runs; None for stages that are one short transaction.
+    running_state: str | None
+    after: str | None
+
+
+RULES = {
+    PROMPT_CHECK: StageRule(frozenset({QUEUED, CHECKING_PROMPT}), CHECKING_PROMPT, None),
+    GENERATE: StageRule(frozenset({CHECKING_PROMPT, GENERATING}), GENERATING, PROMPT_CHECK),
+    IMAGE_CHECK: StageRule(frozenset({GENERATING, CHECKING_IMAGES}), CHECKING_IMAGES, GENERATE),
+    ROUTE: StageRule(frozenset({CHECKING_IMAGES}), None, IMAGE_CHECK),
+    RELEASE: StageRule(frozenset({APPROVED}), None, ROUTE),
+}
+
+
+@dataclass(frozen=True)
+class StageContext:
+    settings: Settings
+    blobs: BlobStore
+    rules: PolicyRules
+
+
+@lru_cache(maxsize=1)
+def default_context() -> StageContext:
+    settings = get_settings()
+    return StageContext(
+        settings=settings,
+        blobs=BlobStore(settings.blob_dir),
+        rules=policy.make_rules(settings.policy.blocklist, settings.policy.review_terms),
+    )
+
+
+def licence_for(variant_name: str) -> VariantLicence:
+    variant = VARIANTS[variant_name]
+    return VariantLicence(
+        variant=variant.name,
+        licence_id=variant.licence_id,
+        licence_name=variant.licence_name,
+        commercial_use=variant.commercial_use,
+        commercial_alternatives=tuple(v.name for v in VARIANTS.values() if v.commercial_use),
+    )
+
+
+def _lock_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise JobNotFoundError(f"job {job_id!r} does not exist", field="job_id")
+    return job
+
+
+def set_state(session: Session, job: Job, state: str, **details: object) -> None:
+    previous, job.state = job.state, state
+    audit.append(
+        session=session,
+        actor=ACTOR,
+        tenant_id=job.tenant_id,
+        type="job.state_changed",
+        subject=f"job:{job.id}",
+        payload={"from": previous, "to": state, **details},
+    )
+
+
+def _claim(session: Session, job_id: str, stage: str, max_attempts: int) -> Job | None:
+    """Start (or restart) `stage`; None when it must not run (done already, or the job
+    has moved on). Counts attempts, so a stage that keeps killing its worker fails the job
+    instead of looping."""
+    job = _lock_job(session, job_id)
+    rule = RULES[stage]
+    run = session.get(JobStage, (job_id, stage))
+    if run is not None and run.finished_at is not None:
+        return None
+    if job.state not in rule.entry_states:
+        return None
+    if rule.after is not None:
+        before = session.get(JobStage, (job_id, rule.after))
+        if before is None or before.finished_at is None:
+            return None
+    if run is None:
+        run = JobStage(job_id=job_id, stage=stage, attempts=0, started_at=utcnow())
+        session.add(run)
+    run.attempts += 1
+    if run.attempts > max_attempts:
+        _fail(session, job, stage, f"the stage was interrupted {max_attempts} times")
+        return None
+    if rule.running_state is not None and job.state != rule.running_state:
+        set_state(session, job, rule.running_state, stage=stage, attempt=run.attempts)
+    return job
+
+
+def _begin(job_id: str, stage: str, ctx: StageContext) -> Job | None:
+    with session_scope() as session:
+        return _claim(session, job_id, stage, ctx.settings.worker.max_stage_attempts)
+
+
+def _reclaim(session: Session, job_id: str, stage: str) -> Job | None:
+    """Lock the job to record `stage`'s results, unless another delivery finished the stage
+    meanwhile or the job was failed while the work ran."""
+    job = _lock_job(session, job_id)
+    run = session.get(JobStage, (job_id, stage))
+    if run is None or run.finished_at is not None or job.state in FINAL_STATES:
+        return None
+    return job
+
+
+def _finish(session: Session, job_id: str, stage: str, outcome: str) -> None:
+    run = session.get(JobStage, (job_id, stage))
+    assert run is not None  # _reclaim checked it under the job's lock
+    run.finished_at, run.outcome = utcnow(), outcome
+
+
+def _record_decision(
+    session: Session,
+    job: Job,
+    stage: str,
+    decision: str,
+    reasons: list[dict[str, Any]],
+    **extra: object,
+) -> None:
+    session.add(JobDecision(job_id=job.id, stage=stage, decision=decision, reasons=reasons))
+    audit.append(
+        session=session,
+        actor=ACTOR,
+        tenant_id=job.tenant_id,
+        type=f"{stage}.decided",
+        subject=f"job:{job.id}",
+        payload={"decision": decision, "reasons": reasons, **extra},
+    )
+
+
+def goes_on(job_id: str) -> bool:
+    with read_scope() as session:
+        job = session.get(Job, job_id)
+        return job is not None and job.state not in SETTLED_STATES
+
+
+def prompt_check(job_id: str, ctx: StageContext) -> bool:
+    job = _begin(job_id, PROMPT_CHECK, ctx)
+    if job is None:
+        return goes_on(job_id)
+    use: Use = "commercial" if job.use == "commercial" else "non-commercial"
+    decision = policy.check_prompt(
+        job.prompt, licence=licence_for(job.variant), use=use, rules=ctx.rules
+    )
+    with session_scope() as session:
+        locked = _reclaim(session, job_id, PROMPT_CHECK)
+        if locked is None:
+            return False
+        body = decision.to_dict()
+        _record_decision(
+            session,
+            locked,
+            PROMPT_CHECK,
+            decision.decision,
+            body["reasons"],
+            rules_version=decision.rules_version,
+        )
+        if decision.decision == "block":
+            set_state(session, locked, BLOCKED, stage=PROMPT_CHECK)
+        _finish(session, job_id, PROMPT_CHECK, decision.decision)
+        return locked.state not in SETTLED_STATES
+
+
+def generate(job_id: str, ctx: StageContext) -> bool:
+    job = _begin(job_id, GENERATE, ctx)
+    if job is None:
+        return goes_on(job_id)
+    spec = GenerationSpec(
+        prompt=job.prompt,
+        variant=job.variant,
+        width=job.width,
+        height=job.height,
+        seed=job.seed,
+        n_images=job.n_images,
+    )
+    result = generation.generate(spec, ctx.settings)
+    # Content-addressed: a second delivery writes the same names, not new files.
+    stored = [(image, ctx.blobs.put(image.png)) for image in result.images]
+    with session_scope() as session:
+        locked = _reclaim(session, job_id, GENERATE)
+        if locked is None:
+            return False
+        locked.model = result.model
+        for image, sha256 in stored:
+            session.add(
+                JobImage(
+                    job_id=job_id,
+                    index=image.index,
+                    seed=image.seed,
+                    blob_sha256=sha256,
+                    width=image.width,
+                    height=image.height,
+                )
+            )
+        audit.append(
+            session=session,
+            actor=ACTOR,
+            tenant_id=locked.tenant_id,
+            type="images.generated",
+            subject=f"job:{job_id}",
+            payload={
+                "model": result.model,
+                "images": [{"index": i.index, "seed": i.seed, "sha256": s} for i, s in stored],
+            },
+        )
+        _finish(session, job_id, GENERATE, "generated")
+        return True
+
+
+def image_check(job_id: str, ctx: StageContext) -> bool:
+    job = _begin(job_id, IMAGE_CHECK, ctx)
+    if job is None:
+        return goes_on(job_id)
+    max_distance = ctx.settings.matching.pdq_max_distance
+    with read_scope() as session:
+        images = [(i.id, i.index, i.blob_sha256) for i in session.get_one(Job, job_id).images]
+    checked: list[tuple[str, pdq.PdqHash, list[dict[str, Any]]]] = []
+    for image_id, index, sha256 in images:
+        hashed = pdq.compute(ctx.blobs.get(sha256))
+        with read_scope() as session:
+            found = references.match_pdq(
+                session=session, image_hash=hashed.hex, max_distance=max_distance
+            )
+        checked.append((image_id, hashed, [m.to_dict() | {"image_index": index} for m in found]))
+    with session_scope() as session:
+        locked = _reclaim(session, job_id, IMAGE_CHECK)
+        if locked is None:
+            return False
+        all_matches: list[dict[str, Any]] = []
+        for image_id, hashed, matches in checked:
+            image = session.get_one(JobImage, image_id)
+            image.pdq_hash, image.pdq_quality, image.matches = hashed.hex, hashed.quality, matches
+            all_matches.extend(matches)
+        _record_decision(
+            session,
+            locked,
+            IMAGE_CHECK,
+            "match" if all_matches else "clear",
+            all_matches,
+            pdq_max_distance=max_distance,
+            images_checked=len(checked),
+        )
+        _finish(session, job_id, IMAGE_CHECK, "match" if all_matches else "clear")
+        return True
+
+
+def route(job_id: str, ctx: StageContext) -> bool:
+    with session_scope() as session:
+        job = _claim(session, job_id, ROUTE, ctx.settings.worker.max_stage_attempts)
+        if job is None:
+            return session.get_one(Job, job_id).state not in SETTLED_STATES
+        decisions = {d.stage: d for d in job.decisions}
+        prompt = decisions.get(PROMPT_CHECK)
+        images = decisions.get(IMAGE_CHECK)
+        chosen = routing.route(
+            prompt.decision if prompt else None, images.reasons if images else None
+        )
+        _record_decision(session, job, ROUTE, chosen.state, chosen.reasons, band=chosen.band)
+        set_state(session, job, chosen.state, stage=ROUTE, band=chosen.band)
+        _finish(session, job_id, ROUTE, chosen.band)
+        return job.state not in SETTLED_STATES
+
+
+def release(job_id: str, ctx: StageContext) -> bool:
+    with session_scope() as session:
+        job = _claim(session, job_id, RELEASE, ctx.settings.worker.max_stage_attempts)
+        if job is None:
+            return False
+        now = utcnow()
+        for image in job.images:
+            image.released_at = now
+        audit.append(
+            session=session,
+            actor=ACTOR,
+            tenant_id=job.tenant_id,
+            type="job.released",
+            subject=f"job:{job_id}",
+            payload={"images": [{"id": i.id, "sha256": i.blob_sha256} for i in job.images]},
+        )
+        set_state(session, job, RELEASED, stage=RELEASE)
+        _finish(session, job_id, RELEASE, "released")
+        return False
+
+
+STAGE_FUNCTIONS = {
+    PROMPT_CHECK: prompt_check,
+    GENERATE: generate,
+    IMAGE_CHECK: image_check,
+    ROUTE: route,
+    RELEASE: release,
+}
+
+
+def _fail(session: Session, job: Job, stage: str, error: str) -> None:
+    if job.state in FINAL_STATES:
+        return
+    job.error = f"{stage}: {error}"
+    run = session.get(JobStage, (job.id, stage))
+    if run is None:
+        run = JobStage(job_id=job.id, stage=stage, attempts=0, started_at=utcnow())
+        session.add(run)
+    run.finished_at, run.outcome = utcnow(), "error"
+    set_state(session, job, FAILED, stage=stage, error=error)
+
+
+def fail_job(job_id: str, stage: str, error: str) -> None:
+    """Fail closed: the job ends `failed` with the error; none of its images is released."""
+    with session_scope() as session:
+        _fail(session, _lock_job(session, job_id), stage, error)

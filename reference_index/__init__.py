@@ -1,0 +1,1 @@
+"""Protected-asset catalogue and the matchers that find its assets in images."""

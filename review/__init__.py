@@ -1,0 +1,1 @@
+"""Prompt policy and (later) the human review queue."""

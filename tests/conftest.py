@@ -1,0 +1,121 @@
+"""Shared fixtures: a migrated database on SQLite and on PostgreSQL, settings pointed at a
+fresh data folder, and the rule for tests that need a server: they skip with a message
+naming it, except under CI=true, where they fail."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.settings import Settings
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+POSTGRES_URL = os.environ.get(
+    "CLEARANCE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("CLEARANCE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def server_missing(what: str, error: Exception) -> None:
+    message = f"{what} is not reachable ({type(error).__name__}: {error})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; CI=true, so this test must run, not skip")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except Exception as e:
+        server_missing(f"PostgreSQL at {POSTGRES_URL}", e)
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"clearance_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        from core.db import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as e:
+        server_missing(f"Redis at {REDIS_URL}", e)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny pipeline folder for the whole run; each worker process still loads it once."""
+    from generation.tiny import ensure_tiny_flux
+
+    return ensure_tiny_flux(tmp_path_factory.mktemp("models") / "tiny-flux")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'clearance.db'}"
+    url: str = request.getfixturevalue("postgres_database")
+    return url
+
+
+def reset_caches() -> None:
+    from core.db import dispose_engines
+    from core.settings import get_settings
+    from pipeline.stages import default_context
+
+    dispose_engines()
+    get_settings.cache_clear()
+    default_context.cache_clear()
+
+
+@pytest.fixture
+def settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, tiny_model_dir: Path
+) -> Iterator[Settings]:
+    """Settings for one test: its own data folder, a migrated database (SQLite and
+    PostgreSQL), an embedded broker file; the Celery app pointed at it."""
+    from core import celery_app
+    from core.settings import get_settings
+    from migrations.config import upgrade
+
+    monkeypatch.setenv("CLEARANCE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("CLEARANCE_DATABASE_URL", database_url)
+    monkeypatch.setenv("CLEARANCE_BROKER_URL", f"sqla+sqlite:///{tmp_path / 'broker.db'}")
+    monkeypatch.setenv("CLEARANCE_GENERATION__TINY_MODEL_DIR", str(tiny_model_dir))
+    reset_caches()
+    upgrade()
+    celery_app.configure(get_settings())
+    yield get_settings()
+    reset_caches()
