@@ -404,9 +404,12 @@ def demo_seed() -> None:
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.touch(mode=0o600)
         key_file.write_text(key + "\n")
-        for job_id in job_ids:
+        for job_id, spec in zip(job_ids, DEMO_JOBS, strict=True):
             tasks.enqueue(job_id)
-        click.echo(f"demo tenant created with {len(job_ids)} demo jobs queued", err=True)
+            click.echo(
+                f"queued demo job {job_id}: {spec['prompt']!r} ({spec['variant']}, {spec['use']})",
+                err=True,
+            )
     elif not key_file.exists():
         _fail(
             f"tenant {DEMO_TENANT!r} exists but {key_file} is gone; create a key with "

@@ -27,9 +27,10 @@ class AuditEvent(Base):
 
 
 class AuditHead(Base):
-    """The single row naming the chain's last event. Appends lock it, which serialises them
-    across processes (SELECT ... FOR UPDATE on PostgreSQL, BEGIN IMMEDIATE on SQLite); a
-    verifier compares it with the last stored event, so cutting off the tail shows too."""
+    """The single row naming the chain's last event (seq 0 and the genesis hash before the
+    first; the migration creates it). Appends lock it, which serialises them across
+    processes (SELECT ... FOR UPDATE on PostgreSQL, BEGIN IMMEDIATE on SQLite); the verifier
+    compares it with the last stored event, so cutting off the tail shows too."""
 
     __tablename__ = "audit_head"
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)

@@ -69,18 +69,20 @@ def append(
     payload: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     head = session.get(AuditHead, 1, with_for_update=True)
-    prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
+    if head is None:
+        # The migration creates it; without it appends could not be serialised.
+        raise RuntimeError("the audit chain head row is missing; run `clearance db upgrade`")
     occurred_at = utcnow()
     payload_text = canonical_json(dict(payload or {}))
     event = AuditEvent(
-        seq=prev_seq + 1,
+        seq=head.seq + 1,
         occurred_at=occurred_at,
         actor=actor,
         tenant_id=tenant_id,
         type=type,
         subject=subject,
         payload=payload_text,
-        prev_hash=prev_hash,
+        prev_hash=head.hash,
     )
     event.hash = event_hash(
         seq=event.seq,
@@ -90,46 +92,44 @@ def append(
         type=type,
         subject=subject,
         payload=payload_text,
-        prev_hash=prev_hash,
+        prev_hash=head.hash,
     )
     session.add(event)
-    if head is None:
-        session.add(AuditHead(id=1, seq=event.seq, hash=event.hash))
-    else:
-        head.seq, head.hash = event.seq, event.hash
+    head.seq, head.hash = event.seq, event.hash
     session.flush()
     return event
 
 
 def verify(*, session: Session) -> VerifyResult:
-    """Walk the chain up to the head and report the first event that does not check out.
+    """Walk the whole chain and report the first event that does not check out.
 
-    The head is read first: events appended while the walk runs lie beyond it and are left
-    for the next run, so a busy system never looks broken."""
+    Reads one snapshot (REPEATABLE READ on PostgreSQL; a SQLite read transaction is one
+    already), so events appended meanwhile are neither half-seen nor mistaken for damage."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     head = session.get(AuditHead, 1)
-    head_seq = head.seq if head else 0
+    if head is None:
+        return VerifyResult(0, 0, BrokenEvent(1, "the chain head record is missing"))
     expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
     stream = session.execute(
-        select(AuditEvent)
-        .where(AuditEvent.seq <= head_seq)
-        .order_by(AuditEvent.seq)
-        .execution_options(yield_per=_VERIFY_BATCH)
+        select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=_VERIFY_BATCH)
     ).scalars()
     for event in stream:
+        if event.seq > head.seq:
+            reason = f"it lies beyond the chain head, which names event {head.seq}"
+            return VerifyResult(checked, head.seq, BrokenEvent(event.seq, reason))
         broken = _check(event, expected_seq, prev_hash)
         if broken:
-            return VerifyResult(checked, head_seq, broken)
+            return VerifyResult(checked, head.seq, broken)
         checked += 1
         expected_seq, prev_hash = event.seq + 1, event.hash
-    if checked < head_seq:
-        reason = f"event {expected_seq} is missing (the chain head names event {head_seq})"
-        return VerifyResult(checked, head_seq, BrokenEvent(expected_seq, reason))
-    if head is not None and head.hash != prev_hash:
-        reason = "the chain head's hash does not match this event"
-        return VerifyResult(checked, head_seq, BrokenEvent(head_seq, reason))
-    if head is None and session.scalar(select(AuditEvent.seq).limit(1)) is not None:
-        return VerifyResult(0, 0, BrokenEvent(1, "events exist but the chain head is missing"))
-    return VerifyResult(checked, head_seq, None)
+    if checked < head.seq:
+        reason = f"event {expected_seq} is missing (the chain head names event {head.seq})"
+        return VerifyResult(checked, head.seq, BrokenEvent(expected_seq, reason))
+    if head.hash != prev_hash:
+        reason = "the chain head's hash does not match the last event"
+        return VerifyResult(checked, head.seq, BrokenEvent(head.seq, reason))
+    return VerifyResult(checked, head.seq, None)
 
 
 def _check(event: AuditEvent, expected_seq: int, prev_hash: str) -> BrokenEvent | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core.errors import NotFoundError
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BlobStore:
@@ -19,7 +19,7 @@ class BlobStore:
         self.root = root
 
     def _path(self, sha256: str) -> Path:
-        if not _SHA256.match(sha256):
+        if not _SHA256.fullmatch(sha256):
             raise NotFoundError(f"blob name {sha256!r} is not a sha256 hex digest", field="sha256")
         return self.root / sha256[:2] / sha256
 

@@ -33,6 +33,14 @@ class PolicySettings(BaseModel):
     # Prompts containing any of these terms go to human review.
     review_terms: list[str] = Field(default_factory=list)
 
+    @field_validator("blocklist", "review_terms")
+    @classmethod
+    def _no_blank_terms(cls, terms: list[str]) -> list[str]:
+        # A blank term would match every prompt.
+        if any(not term.strip() for term in terms):
+            raise ValueError("terms must not be blank")
+        return terms
+
 
 class MatchingSettings(BaseModel):
     # Meta's HMA treats PDQ Hamming distance <= 31 (of 256 bits) as a match.

@@ -121,6 +121,7 @@ def _load_pipeline(source: ModelSource) -> Any:
         if source.label == TINY_MODEL_LABEL:
             ensure_tiny_flux(source.folder)
         from diffusers import FluxPipeline
+        from safetensors import SafetensorError
 
         device, dtype = _device_and_dtype()
         log.info("loading %s on %s (%s)", source.label, device, dtype)
@@ -128,7 +129,7 @@ def _load_pipeline(source: ModelSource) -> Any:
             pipeline = FluxPipeline.from_pretrained(
                 source.folder, local_files_only=True, dtype=dtype
             ).to(device)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SafetensorError) as e:
             raise ModelUnavailableError(f"cannot load {source.label}: {e}") from e
         pipeline.set_progress_bar_config(disable=True)
         _pipelines[source.folder] = pipeline

@@ -13,6 +13,7 @@ def alembic_config(url: str | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(HERE))
     config.set_main_option("version_locations", str(HERE / "versions"))
+    config.set_main_option("path_separator", "os")
     if url:
         config.set_main_option("sqlalchemy.url", url)
     return config

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
 
 from celery import Task, chain
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
@@ -51,8 +50,8 @@ def _run(task: Task, stage: str, job_id: str) -> None:
         raise Ignore()
 
 
-def _stage_task(stage: str, **options: Any) -> Task:
-    @app.task(name=f"pipeline.{stage}", bind=True, **options)
+def _stage_task(stage: str) -> Task:
+    @app.task(name=f"pipeline.{stage}", bind=True)
     def run_stage(self: Task, job_id: str) -> None:
         _run(self, stage, job_id)
 
@@ -60,7 +59,7 @@ def _stage_task(stage: str, **options: Any) -> Task:
 
 
 prompt_check = _stage_task(stages.PROMPT_CHECK)
-generate = _stage_task(stages.GENERATE, queue=GPU_QUEUE)
+generate = _stage_task(stages.GENERATE)
 image_check = _stage_task(stages.IMAGE_CHECK)
 route = _stage_task(stages.ROUTE)
 release = _stage_task(stages.RELEASE)
@@ -70,7 +69,8 @@ def enqueue(job_id: str) -> None:
     """Send the job down the chain. Call after the job's transaction has committed."""
     pipeline = chain(
         prompt_check.si(job_id),
-        generate.si(job_id),
+        # One generation at a time per GPU: workers with a GPU consume this queue alone.
+        generate.si(job_id).set(queue=GPU_QUEUE),
         image_check.si(job_id),
         route.si(job_id),
         release.si(job_id),

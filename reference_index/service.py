@@ -13,7 +13,7 @@ from audit import service as audit
 from core.blobs import BlobStore
 from core.errors import choices
 from reference_index import pdq
-from reference_index.errors import AssetNotFoundError, CatalogueError
+from reference_index.errors import AssetNotFoundError, CatalogueError, ImageDecodeError
 from reference_index.models import ASSET_KINDS, RISKS, ProtectedAsset, ReferenceImage
 from reference_index.schemas import ImportSummary, PdqMatch
 
@@ -90,11 +90,16 @@ def import_catalogue(
             raise CatalogueError(
                 f"{where}: risk {risk!r} is not one of {choices(RISKS)}", field="risk"
             )
+        aliases = entry.get("aliases") or []
+        if not isinstance(aliases, list):
+            raise CatalogueError(
+                f"{where}: aliases must be a list, e.g. [Mickey, Steamboat Willie]", field="aliases"
+            )
         values = {
             "name": str(_field(entry, "name", where)),
             "kind": kind,
             "owner": str(entry.get("owner") or ""),
-            "aliases": [str(a) for a in entry.get("aliases") or []],
+            "aliases": [str(a) for a in aliases],
             "description": str(entry.get("description") or ""),
             "risk": risk,
         }
@@ -115,14 +120,19 @@ def import_catalogue(
                 raise CatalogueError(
                     f"{where}: exemplar {exemplar!r}: {e}", field="exemplars"
                 ) from e
-            _, is_new = add_reference_image(
-                session=session,
-                blobs=blobs,
-                asset_id=asset_id,
-                data=data,
-                source=str(exemplar),
-                actor=actor,
-            )
+            try:
+                _, is_new = add_reference_image(
+                    session=session,
+                    blobs=blobs,
+                    asset_id=asset_id,
+                    data=data,
+                    source=str(exemplar),
+                    actor=actor,
+                )
+            except ImageDecodeError as e:
+                raise CatalogueError(
+                    f"{where}: exemplar {exemplar!r} is not a readable image", field="exemplars"
+                ) from e
             added += is_new
     audit.append(
         session=session,

@@ -6,14 +6,53 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from dataclasses import dataclass
 
 from core.errors import choices
 from review.schemas import PolicyDecision, PolicyRules, Reason, Use, VariantLicence
 
 
+@dataclass(frozen=True)
+class Normalised:
+    """Normalised text, and for each of its characters the span of original text it came
+    from, so a match on the normalised text can quote the prompt as written."""
+
+    text: str
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+
+    def original(self, original: str, start: int, end: int) -> str:
+        return original[self.starts[start] : self.ends[end - 1]]
+
+
+def normalise_with_spans(text: str) -> Normalised:
+    """NFKC (fullwidth and compatibility forms to plain ones), case folding, runs of
+    whitespace to one space. A base character and its combining marks normalise together,
+    so composed and decomposed accents give the same text."""
+    chars: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    i = 0
+    while i < len(text):
+        j = i + 1
+        while j < len(text) and unicodedata.combining(text[j]):
+            j += 1
+        for char in unicodedata.normalize("NFKC", text[i:j]).casefold():
+            if char.isspace():
+                if not chars or chars[-1] == " ":
+                    continue
+                char = " "
+            chars.append(char)
+            starts.append(i)
+            ends.append(j)
+        i = j
+    if chars and chars[-1] == " ":
+        del chars[-1], starts[-1], ends[-1]
+    return Normalised("".join(chars), tuple(starts), tuple(ends))
+
+
 def normalise(text: str) -> str:
-    """NFKC (fullwidth and compatibility forms to plain ones), case folding, spaces collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return normalise_with_spans(text).text
 
 
 def rules_version(
@@ -38,22 +77,19 @@ def _term_pattern(term: str) -> re.Pattern[str]:
     return re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)")
 
 
-def _find(term: str, prompt: str) -> str | None:
+def _find(term: str, prompt: str, normalised: Normalised) -> str | None:
     """The original text of the first match of `term` in `prompt`, or None."""
-    normalised = normalise(prompt)
-    match = _term_pattern(term).search(normalised)
+    match = _term_pattern(term).search(normalised.text)
     if not match:
         return None
-    # NFKC and casefold can change lengths, so quote the original by mapping word positions.
-    start_word = len(normalised[: match.start()].split())
-    n_words = len(match.group(0).split())
-    return " ".join(prompt.split()[start_word : start_word + n_words])
+    return normalised.original(prompt, match.start(), match.end())
 
 
 def check_prompt(
     prompt: str, *, licence: VariantLicence, use: Use, rules: PolicyRules
 ) -> PolicyDecision:
     reasons: list[Reason] = []
+    normalised = normalise_with_spans(prompt)
     if use == "commercial" and not licence.commercial_use:
         alternatives = choices(licence.commercial_alternatives)
         reasons.append(
@@ -67,7 +103,7 @@ def check_prompt(
             )
         )
     for term in rules.blocklist:
-        quoted = _find(term, prompt)
+        quoted = _find(term, prompt, normalised)
         if quoted is not None:
             reasons.append(
                 Reason(
@@ -78,7 +114,7 @@ def check_prompt(
                 )
             )
     for term in rules.review_terms:
-        quoted = _find(term, prompt)
+        quoted = _find(term, prompt, normalised)
         if quoted is not None:
             reasons.append(
                 Reason(

@@ -82,6 +82,33 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_tiny_flux(tmp_path_factory.mktemp("models") / "tiny-flux")
 
 
+@pytest.fixture(scope="session")
+def broker_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded broker file for all in-process tests: the Celery app keeps its broker
+    connection pool for the life of the process, as it does in production."""
+    return tmp_path_factory.mktemp("broker") / "broker.db"
+
+
+def _broker_sql(path: Path, statement: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        try:
+            row = connection.execute(statement).fetchone()
+        except sqlite3.OperationalError:  # no tables yet: nothing was ever sent
+            return 0
+    return int(row[0]) if row else 0
+
+
+def purge_broker(path: Path) -> None:
+    _broker_sql(path, "DELETE FROM kombu_message")
+
+
+def queued_messages(path: Path) -> int:
+    """Messages waiting in the embedded broker (kombu's SQLAlchemy transport tables)."""
+    return _broker_sql(path, "SELECT count(*) FROM kombu_message WHERE visible")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -102,20 +129,56 @@ def reset_caches() -> None:
 
 @pytest.fixture
 def settings(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, tiny_model_dir: Path
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    database_url: str,
+    tiny_model_dir: Path,
+    broker_file: Path,
 ) -> Iterator[Settings]:
     """Settings for one test: its own data folder, a migrated database (SQLite and
-    PostgreSQL), an embedded broker file; the Celery app pointed at it."""
+    PostgreSQL), the embedded broker emptied; the Celery app pointed at it."""
     from core import celery_app
     from core.settings import get_settings
     from migrations.config import upgrade
 
     monkeypatch.setenv("CLEARANCE_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("CLEARANCE_DATABASE_URL", database_url)
-    monkeypatch.setenv("CLEARANCE_BROKER_URL", f"sqla+sqlite:///{tmp_path / 'broker.db'}")
+    monkeypatch.setenv("CLEARANCE_BROKER_URL", f"sqla+sqlite:///{broker_file}")
+    purge_broker(broker_file)
     monkeypatch.setenv("CLEARANCE_GENERATION__TINY_MODEL_DIR", str(tiny_model_dir))
     reset_caches()
     upgrade()
     celery_app.configure(get_settings())
     yield get_settings()
     reset_caches()
+
+
+class TenantKeys:
+    """A tenant with one API key per role."""
+
+    def __init__(self, tenant_id: str, name: str, keys: dict[str, str]) -> None:
+        self.id = tenant_id
+        self.name = name
+        self.keys = keys
+
+    def headers(self, role: str = "requester") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+def make_tenant(name: str) -> TenantKeys:
+    from api import auth
+    from api.models import ROLES
+    from core.db import session_scope
+
+    with session_scope() as session:
+        tenant = auth.create_tenant(session=session, name=name, actor="test")
+        keys = {
+            role: auth.create_key(session=session, tenant=tenant, role=role, actor="test")
+            for role in ROLES
+        }
+        return TenantKeys(tenant.id, name, keys)
+
+
+@pytest.fixture
+def tenant(settings: Settings) -> TenantKeys:
+    return make_tenant("acme")

@@ -45,6 +45,13 @@ def upgrade() -> None:
         sa.CheckConstraint("id = 1", name=op.f("ck_audit_head_single_row")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),
     )
+    # The head row exists from the start, so every append has a row to lock (an empty
+    # table gives SELECT ... FOR UPDATE nothing to wait on). seq 0 and the genesis hash
+    # mean "no events yet".
+    op.bulk_insert(
+        sa.table("audit_head", sa.column("id"), sa.column("seq"), sa.column("hash")),
+        [{"id": 1, "seq": 0, "hash": "0" * 64}],
+    )
     op.create_table(
         "protected_assets",
         sa.Column("id", sa.String(length=100), nullable=False),

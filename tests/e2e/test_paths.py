@@ -1,0 +1,95 @@
+"""Jobs down every path through the real processes: released, in review through a PDQ
+match, blocked by the licence rule, blocked by the blocklist, failed in a stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Service
+
+pytestmark = pytest.mark.e2e
+
+SMALL = ("--width", "256", "--height", "256")
+
+
+@pytest.fixture
+def running(service: Service, tiny_model_dir: Path) -> Service:
+    # A dev "model folder" whose weights are missing: what a corrupted model cache looks like.
+    broken = service.root / "broken-dev"
+    broken.mkdir()
+    shutil.copy(tiny_model_dir / "model_index.json", broken / "model_index.json")
+    service.env |= {
+        "CLEARANCE_POLICY__BLOCKLIST": json.dumps(["forbidden ritual"]),
+        "CLEARANCE_GENERATION__LOCAL_MODELS": json.dumps({"dev": str(broken)}),
+    }
+    service.cli("tenants", "create", "acme")
+    service.api_key = service.cli(
+        "keys", "create", "--tenant", "acme", "--role", "requester"
+    ).stdout.strip()
+    service.start_api("--no-worker")
+    service.start("worker", "worker")
+    return service
+
+
+def test_every_path(running: Service) -> None:
+    service = running
+
+    released = service.submit("a lighthouse in a storm", "--seed", "11", *SMALL)
+    assert released["state"] == "released", service.logs()
+    assert "offline fallback" in released["model"]
+    (image,) = released["images"]
+    with service.http() as client:
+        png = client.get(image["url"])
+    assert png.status_code == 200
+    assert png.content.startswith(b"\x89PNG")
+
+    # The released image becomes the exemplar of a protected asset; the same prompt and seed
+    # then generate a near copy of it, which must go to a person.
+    (service.root / "exemplar.png").write_bytes(png.content)
+    (service.root / "catalogue.yaml").write_text(
+        "assets:\n  - id: storm-light\n    name: Storm Light\n    kind: artwork\n"
+        "    owner: Example Studio\n    exemplars: [exemplar.png]\n"
+    )
+    imported = service.cli("assets", "import", str(service.root / "catalogue.yaml"))
+    assert "reference images added: 1" in imported.stdout
+    matched = service.submit("a lighthouse in a storm", "--seed", "11", *SMALL, expect=3)
+    assert matched["state"] == "in_review", service.logs()
+    route = next(d for d in matched["decisions"] if d["stage"] == "route")
+    assert route["reasons"][0]["rule"] == "images.pdq_match"
+    assert "Storm Light" in route["reasons"][0]["detail"]
+    (held,) = matched["images"]
+    assert held["url"] is None
+    with service.http() as client:
+        assert client.get(f"/v1/images/{held['id']}").status_code == 409
+
+    licence = service.submit(
+        "a lighthouse in a storm", "--variant", "dev", "--use", "commercial", expect=3
+    )
+    assert licence["state"] == "blocked"
+    (decision,) = licence["decisions"]
+    assert decision["reasons"][0]["rule"] == "licence.non_commercial"
+    assert "Non-Commercial" in decision["reasons"][0]["detail"]
+    assert [s["stage"] for s in licence["stages"]] == ["prompt_check"]
+    assert licence["images"] == []
+
+    blocked = service.submit("a Forbidden  Ritual at dawn", *SMALL, expect=3)
+    assert blocked["state"] == "blocked"
+    reason = blocked["decisions"][0]["reasons"][0]
+    assert reason["rule"] == "blocklist"
+    assert reason["matched"] == "Forbidden  Ritual"  # quoted exactly as written
+
+    failed = service.submit(
+        "a watercolour fox", "--variant", "dev", "--use", "non-commercial", *SMALL, expect=3
+    )
+    assert failed["state"] == "failed", service.logs()
+    assert failed["error"].startswith("generate: ")
+    assert "cannot load" in failed["error"]
+    assert failed["images"] == []
+    assert next(s for s in failed["stages"] if s["stage"] == "generate")["outcome"] == "error"
+
+    verified = service.cli("audit", "verify")
+    assert "audit chain OK" in verified.stdout
