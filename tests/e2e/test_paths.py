@@ -93,3 +93,30 @@ def test_every_path(running: Service) -> None:
 
     verified = service.cli("audit", "verify")
     assert "audit chain OK" in verified.stdout
+
+
+@pytest.mark.parametrize("service", ["embedded"], indirect=True)
+def test_an_unreachable_broker_fails_the_job_instead_of_losing_it(service: Service) -> None:
+    """A job that cannot be queued is not left `queued` forever: it ends `failed`, and the
+    client is told to retry (503)."""
+    service.cli("tenants", "create", "acme")
+    service.api_key = service.cli(
+        "keys", "create", "--tenant", "acme", "--role", "requester"
+    ).stdout.strip()
+    service.env["CLEARANCE_BROKER_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    service.start_api("--no-worker")
+    with service.http() as client:
+        response = client.post(
+            "/v1/jobs", json={"prompt": "a lighthouse", "width": 256, "height": 256}
+        )
+    assert response.status_code == 503
+    assert response.json()["error"] == "broker_unavailable"
+    done = service.cli("audit", "verify")
+    assert "audit chain OK" in done.stdout
+    import sqlite3
+
+    with sqlite3.connect(service.root / "var" / "clearance.db") as connection:
+        rows = connection.execute("SELECT state, error FROM jobs").fetchall()
+    assert len(rows) == 1
+    assert rows[0][0] == "failed"
+    assert "broker" in rows[0][1]
