@@ -11,8 +11,25 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BflSettings(BaseModel):
+    """The Black Forest Labs API, for `pro` and `pro-ultra` (and any variant named in
+    `variants`)."""
+
+    base_url: str = "https://api.bfl.ai"
+    api_key: SecretStr | None = None
+    # Variants sent to the API instead of local weights; the API-only ones always are.
+    variants: list[str] = Field(default_factory=list)
+    # 0 (strictest) to 6 (most permissive), passed to the provider's own moderation.
+    safety_tolerance: int = Field(default=2, ge=0, le=6)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    # How long one image may stay pending at the provider before the job fails.
+    max_wait_s: float = Field(default=300.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
 
 
 class GenerationSettings(BaseModel):
@@ -23,6 +40,9 @@ class GenerationSettings(BaseModel):
     allow_tiny_fallback: bool = True
     # Where the tiny pipeline is saved; default: DATA_DIR/models/tiny-flux.
     tiny_model_dir: Path | None = None
+    # What a GPU second costs, for the cost ledger of local generation.
+    gpu_usd_per_second: float = Field(default=0.0011, ge=0)  # ~ $4/hour for an H100
+    bfl: BflSettings = Field(default_factory=BflSettings)
 
 
 class PolicySettings(BaseModel):

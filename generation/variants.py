@@ -29,8 +29,11 @@ class Variant:
     max_width: int
     max_height: int
     hub_repo: str
-    # Indicative provider price, for cost estimates; local generation is not billed per image.
-    api_price_usd: float | None = None
+    # Black Forest Labs API path that serves the variant, if any.
+    api_endpoint: str | None
+    # The provider's price per image when the variant runs on the API (the cost ledger's
+    # figure); local generation is costed by GPU seconds instead.
+    api_price_usd: float | None
 
 
 VARIANTS: dict[str, Variant] = {
@@ -52,7 +55,8 @@ VARIANTS: dict[str, Variant] = {
             max_width=1024,
             max_height=1024,
             hub_repo="black-forest-labs/FLUX.1-schnell",
-            api_price_usd=0.003,
+            api_endpoint=None,
+            api_price_usd=None,
         ),
         Variant(
             name="dev",
@@ -70,6 +74,7 @@ VARIANTS: dict[str, Variant] = {
             max_width=1024,
             max_height=1024,
             hub_repo="black-forest-labs/FLUX.1-dev",
+            api_endpoint="/v1/flux-dev",
             api_price_usd=0.025,
         ),
         Variant(
@@ -88,6 +93,8 @@ VARIANTS: dict[str, Variant] = {
             max_width=1024,
             max_height=1024,
             hub_repo="black-forest-labs/FLUX.1-Kontext-dev",
+            api_endpoint=None,
+            api_price_usd=None,
         ),
         Variant(
             name="pro",
@@ -105,6 +112,7 @@ VARIANTS: dict[str, Variant] = {
             max_width=1440,
             max_height=1440,
             hub_repo="",
+            api_endpoint="/v1/flux-pro-1.1",
             api_price_usd=0.055,
         ),
         Variant(
@@ -123,6 +131,7 @@ VARIANTS: dict[str, Variant] = {
             max_width=2048,
             max_height=2048,
             hub_repo="",
+            api_endpoint="/v1/flux-pro-1.1-ultra",
             api_price_usd=0.06,
         ),
     )
