@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -21,7 +21,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEMO_TENANT = "demo"
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -171,6 +171,10 @@ def worker(queues: str, concurrency: int | None) -> None:
 
     _log_info()
     settings = get_settings()
+    # A missing, incomplete or altered model folder stops the worker here, not mid-job.
+    problems = [check for check in _verify_models() if check.problem]
+    if problems:
+        _fail("; ".join(str(check.problem) for check in problems))
     known = {celery_app.GPU_QUEUE, celery_app.CHECKS_QUEUE}
     unknown = set(queues.split(",")) - known
     if unknown:
@@ -219,8 +223,13 @@ def _checked(response: Any) -> dict[str, Any]:
 
 def _describe(job: dict[str, Any]) -> str:
     lines = [f"job {job['id']}: {job['state']}"]
+    if job.get("progress") and job["state"] == "generating":
+        lines[0] += f" ({job['progress']['text']})"
     if job.get("model"):
         lines.append(f"  model: {job['model']}")
+    lines.append(
+        f"  cost: ${float(job['cost_usd']):.4f} (estimated ${float(job['estimated_cost_usd']):.4f})"
+    )
     if job.get("error"):
         lines.append(f"  error: {job['error']}")
     for decision in job["decisions"]:
@@ -254,6 +263,14 @@ SETTLED = {"released", "rejected", "blocked", "failed", "in_review"}
     help="Wait until the job is released, in review, blocked, rejected or failed.",
 )
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds --wait waits at most.")
+@click.option("--steps", type=int, default=None, help="Default: the variant's own.")
+@click.option("--project", default="", help="Project for budgets and usage.")
+@click.option(
+    "--input-image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Image to edit (Kontext variants); uploaded first.",
+)
+@click.option("--lora", "lora_specs", multiple=True, help="NAME or NAME:SCALE; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as the API returns it.")
 def submit(
     prompt: str,
@@ -265,6 +282,10 @@ def submit(
     height: int,
     wait: bool,
     timeout: float,
+    steps: int | None,
+    project: str,
+    input_image: Path | None,
+    lora_specs: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Submit a job through the HTTP API (CLEARANCE_API_URL, CLEARANCE_API_KEY).
@@ -273,8 +294,18 @@ def submit(
     in another state; 1 on an error."""
     import httpx
 
-    body = {
+    loras = []
+    for spec in lora_specs:
+        name, _, scale = spec.partition(":")
+        try:
+            loras.append({"name": name, "scale": float(scale) if scale else 1.0})
+        except ValueError:
+            _fail(f"--lora {spec!r}: the scale after ':' must be a number")
+    body: dict[str, Any] = {
         "prompt": prompt,
+        "steps": steps,
+        "project": project,
+        "loras": loras,
         "variant": variant,
         "use": use,
         "n_images": n_images,
@@ -284,6 +315,12 @@ def submit(
     }
     try:
         with _client() as client:
+            if input_image is not None:
+                kind = (
+                    "image/jpeg" if input_image.suffix.lower() in {".jpg", ".jpeg"} else "image/png"
+                )
+                files = {"file": (input_image.name, input_image.read_bytes(), kind)}
+                body["input_image"] = _checked(client.post("/v1/uploads", files=files))["id"]
             job = _checked(client.post("/v1/jobs", json=body))
             deadline = time.monotonic() + timeout
             while wait and job["state"] not in SETTLED:
@@ -320,6 +357,175 @@ def audit_verify() -> None:
             f"({result.events_checked} events before it verified)"
         )
     click.echo(f"audit chain OK: {result.events_checked} events verified, head #{result.head_seq}")
+
+
+# --- models, adapters, budgets --------------------------------------------------------------
+
+
+def _verify_models() -> list[Any]:
+    from core.db import read_scope
+    from generation import service
+
+    with read_scope() as session:
+        return service.verify_models(session=session, settings=get_settings())
+
+
+@main.group()
+def models() -> None:
+    """Local FLUX.1 model folders and their integrity manifests."""
+
+
+@models.command("register")
+@click.option("--variant", required=True, help="The variant this folder serves, e.g. schnell.")
+@click.argument("folder", required=False, type=click.Path(file_okay=False, path_type=Path))
+def models_register(variant: str, folder: Path | None) -> None:
+    """Record the sha256 of every file of a model folder (default: the folder configured for
+    the variant in CLEARANCE_GENERATION__LOCAL_MODELS)."""
+    from core.db import session_scope
+    from generation import service
+
+    chosen = folder or get_settings().generation.local_models.get(variant)
+    if chosen is None:
+        _fail(f"no folder given, and none is configured for variant {variant!r}")
+
+    def register() -> Any:
+        with session_scope() as session:
+            return service.register_model(
+                session=session, variant=variant, folder=chosen, actor=CLI_ACTOR
+            )
+
+    registration = _run_service(register)
+    click.echo(
+        f"registered {registration.folder} for {variant}: {len(registration.manifest)} files"
+    )
+
+
+@models.command("verify")
+def models_verify() -> None:
+    """Re-hash every configured model folder against its manifest. Exit status 1 if any
+    file changed, is missing, or a folder is not registered."""
+    checks = _verify_models()
+    if not checks:
+        click.echo("no local model folders are configured (the tiny offline fallback is in use)")
+    for check in checks:
+        click.echo(f"{check.variant}: {check.folder}: {check.problem or 'OK'}")
+    if any(check.problem for check in checks):
+        sys.exit(1)
+
+
+@main.group()
+def loras() -> None:
+    """LoRA adapters."""
+
+
+@loras.command("register")
+@click.argument("name")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--licence-note", required=True, help="Under which licence the adapter may be used.")
+def loras_register(name: str, path: Path, licence_note: str) -> None:
+    """Register a LoRA adapter (.safetensors) under NAME; jobs then ask for it by name."""
+    from core.db import session_scope
+    from generation import service
+
+    def register() -> Any:
+        with session_scope() as session:
+            return service.register_lora(
+                session=session, name=name, path=path, licence_note=licence_note, actor=CLI_ACTOR
+            )
+
+    adapter = _run_service(register)
+    click.echo(f"registered LoRA {adapter.name}: {adapter.path} (sha256 {adapter.sha256})")
+
+
+@main.group()
+def budgets() -> None:
+    """Monthly spending limits."""
+
+
+@budgets.command("set")
+@click.option("--tenant", required=True)
+@click.option("--project", default="", help="Default: the whole tenant.")
+@click.option("--monthly-usd", required=True, type=str)
+def budgets_set(tenant: str, project: str, monthly_usd: str) -> None:
+    """Set the monthly budget of a tenant, or of one of its projects."""
+    from decimal import Decimal, InvalidOperation
+
+    from api import auth
+    from core.db import session_scope
+    from generation import costs
+
+    try:
+        amount = Decimal(monthly_usd)
+    except InvalidOperation:
+        _fail(f"--monthly-usd {monthly_usd!r} is not a number")
+
+    def set_budget() -> Any:
+        with session_scope() as session:
+            found = auth.tenant_by_name(session=session, name=tenant)
+            return costs.set_budget(
+                session=session,
+                tenant_id=found.id,
+                project=project,
+                monthly_usd=amount,
+                actor=CLI_ACTOR,
+            )
+
+    budget = _run_service(set_budget)
+    scope = f"project {project!r} of {tenant}" if project else tenant
+    click.echo(f"monthly budget of {scope}: ${budget.monthly_usd:.2f}")
+
+
+@main.command()
+@click.option("--tenant", required=True)
+@click.option("--month", default=None, help="YYYY-MM; default: this month (UTC).")
+@click.option("--json", "as_json", is_flag=True)
+def usage(tenant: str, month: str | None, as_json: bool) -> None:
+    """What a tenant spent in a month, by project and variant, and its budgets."""
+    from api import auth
+    from core.db import read_scope, utcnow
+    from generation import costs
+
+    def read() -> Any:
+        start = costs.parse_month(month) if month else costs.month_start(utcnow())
+        with read_scope() as session:
+            found = auth.tenant_by_name(session=session, name=tenant)
+            return costs.usage(session=session, tenant_id=found.id, start=start)
+
+    report = _run_service(read)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "month": report.month,
+                    "total_usd": str(report.total_usd),
+                    "lines": [
+                        vars(line) | {"amount_usd": str(line.amount_usd)} for line in report.lines
+                    ],
+                    "budgets": [
+                        {
+                            "project": b.project,
+                            "monthly_usd": str(b.monthly_usd),
+                            "spent_usd": str(b.spent_usd),
+                            "remaining_usd": str(b.remaining_usd),
+                        }
+                        for b in report.budgets
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(f"{tenant}, {report.month}: ${report.total_usd:.4f}")
+    for line in report.lines:
+        click.echo(
+            f"  {line.project or '(no project)'} {line.variant} ({line.kind}): "
+            f"{line.images} images, {line.gpu_seconds:.1f} s, ${line.amount_usd:.4f}"
+        )
+    for b in report.budgets:
+        click.echo(
+            f"  budget {b.project or '(tenant)'}: ${b.spent_usd:.4f} of "
+            f"${b.monthly_usd:.2f}, ${b.remaining_usd:.4f} left"
+        )
 
 
 # --- catalogue -----------------------------------------------------------------------------
@@ -377,6 +583,7 @@ def demo_seed() -> None:
     from api import auth
     from api.models import Tenant
     from core import celery_app
+    from core.blobs import BlobStore
     from core.db import session_scope
     from pipeline import service as jobs
     from pipeline import tasks
@@ -395,9 +602,18 @@ def demo_seed() -> None:
                 jobs.create_job(
                     session=session,
                     settings=settings,
+                    blobs=BlobStore(settings.blob_dir),
                     tenant_id=tenant.id,
                     actor=actor,
-                    request=jobs.NewJob(width=1024, height=1024, seed=7, n_images=1, **spec),
+                    request=jobs.NewJob(
+                        prompt=spec["prompt"],
+                        variant=spec["variant"],
+                        use=spec["use"],
+                        width=1024,
+                        height=1024,
+                        seed=7,
+                        n_images=1,
+                    ),
                 ).id
                 for spec in DEMO_JOBS
             ]

@@ -18,6 +18,7 @@ from core.errors import (
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    QuotaExceededError,
     UnavailableError,
 )
 
@@ -29,6 +30,7 @@ STATUS = (
     (ConflictError, 409),
     (AuthenticationError, 401),
     (PermissionDeniedError, 403),
+    (QuotaExceededError, 402),
     (UnavailableError, 503),
 )
 

@@ -1,14 +1,32 @@
-"""HTTP routes: jobs, images, health."""
+"""HTTP routes: jobs, uploads, images, usage, health."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from decimal import Decimal
+
+from fastapi import APIRouter, Request, Response, UploadFile
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from api.deps import PrincipalDep, ReadSessionDep, SettingsDep
-from api.schemas import DecisionOut, ErrorOut, HealthOut, ImageOut, JobCreate, JobOut, StageOut
+from api.schemas import (
+    BudgetOut,
+    DecisionOut,
+    ErrorOut,
+    HealthOut,
+    ImageOut,
+    JobCreate,
+    JobOut,
+    ProgressOut,
+    StageOut,
+    UploadOut,
+    UsageLineOut,
+    UsageOut,
+)
 from core.blobs import BlobStore
-from core.db import read_scope, session_scope
+from core.db import read_scope, session_scope, utcnow
+from core.errors import InvalidInputError
+from generation import costs
 from pipeline import service as jobs
 from pipeline import stages, tasks
 from pipeline.errors import EnqueueError
@@ -17,11 +35,22 @@ from pipeline.models import Job
 router = APIRouter()
 
 ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorOut} for status in (401, 403, 404, 409, 422, 503)
+    status: {"model": ErrorOut} for status in (401, 402, 403, 404, 409, 422, 503)
 }
+UPLOAD_TYPES = ("image/png", "image/jpeg", "image/webp")
+# Compressed size; the 40-megapixel limit on the decoded image is checked separately.
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 
-def job_out(job: Job, request: Request) -> JobOut:
+def job_out(job: Job, request: Request, session: Session) -> JobOut:
+    image_costs = jobs.job_costs(session=session, job_id=job.id)
+    progress = None
+    if job.progress_step is not None and job.progress_total:
+        progress = ProgressOut(
+            step=job.progress_step,
+            total=job.progress_total,
+            text=f"step {job.progress_step}/{job.progress_total}",
+        )
     return JobOut(
         id=job.id,
         state=job.state,
@@ -32,8 +61,15 @@ def job_out(job: Job, request: Request) -> JobOut:
         height=job.height,
         seed=job.seed,
         n_images=job.n_images,
+        steps=job.steps,
+        project=job.project,
+        input_image_sha256=job.input_image_sha256,
+        loras=job.loras,
         model=job.model,
         error=job.error,
+        progress=progress,
+        estimated_cost_usd=job.estimated_cost_usd,
+        cost_usd=sum(image_costs.values(), Decimal(0)),
         created_at=job.created_at,
         updated_at=job.updated_at,
         stages=[
@@ -64,6 +100,7 @@ def job_out(job: Job, request: Request) -> JobOut:
                 released=i.released_at is not None,
                 url=str(request.url_for("get_image", image_id=i.id)) if i.released_at else None,
                 matches=i.matches,
+                cost_usd=image_costs.get(i.index),
             )
             for i in job.images
         ],
@@ -76,13 +113,16 @@ def create_job(
 ) -> JobOut:
     principal.require("requester", "admin")
     # Committed before it is queued, so a worker never sees a job that is not stored yet.
+    fields = body.model_dump()
+    fields["loras"] = [(lora.name, lora.scale) for lora in body.loras]
     with session_scope() as session:
         job = jobs.create_job(
             session=session,
             settings=settings,
+            blobs=BlobStore(settings.blob_dir),
             tenant_id=principal.tenant_id,
             actor=principal.actor,
-            request=jobs.NewJob(**body.model_dump()),
+            request=jobs.NewJob(**fields),
         )
         job_id = job.id
     try:
@@ -91,17 +131,65 @@ def create_job(
         stages.fail_job(job_id, "enqueue", e.detail)
         raise
     with read_scope() as session:
-        return job_out(
-            jobs.get_job(session=session, tenant_id=principal.tenant_id, job_id=job_id), request
-        )
+        job = jobs.get_job(session=session, tenant_id=principal.tenant_id, job_id=job_id)
+        return job_out(job, request, session)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
 def get_job(
     job_id: str, request: Request, principal: PrincipalDep, session: ReadSessionDep
 ) -> JobOut:
-    return job_out(
-        jobs.get_job(session=session, tenant_id=principal.tenant_id, job_id=job_id), request
+    job = jobs.get_job(session=session, tenant_id=principal.tenant_id, job_id=job_id)
+    return job_out(job, request, session)
+
+
+@router.post("/v1/uploads", status_code=201, response_model=UploadOut, responses=ERRORS)
+async def upload_image(
+    file: UploadFile, principal: PrincipalDep, settings: SettingsDep
+) -> UploadOut:
+    """An image to edit with a Kontext variant; pass its id as the job's `input_image`."""
+    principal.require("requester", "admin")
+    if file.content_type not in UPLOAD_TYPES:
+        raise InvalidInputError(
+            f"content type {file.content_type!r} is not accepted; send {', '.join(UPLOAD_TYPES)}",
+            field="file",
+        )
+    data = await file.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise InvalidInputError(f"the file is over {MAX_UPLOAD_BYTES // 2**20} MiB", field="file")
+    with session_scope() as session:
+        upload = jobs.store_upload(
+            session=session,
+            blobs=BlobStore(settings.blob_dir),
+            tenant_id=principal.tenant_id,
+            actor=principal.actor,
+            data=data,
+        )
+        return UploadOut(
+            id=upload.id, sha256=upload.blob_sha256, width=upload.width, height=upload.height
+        )
+
+
+@router.get("/v1/usage", response_model=UsageOut, responses=ERRORS)
+def get_usage(
+    principal: PrincipalDep, session: ReadSessionDep, month: str | None = None
+) -> UsageOut:
+    """This tenant's spending in a month (default: the current one, UTC), with its budgets."""
+    start = costs.parse_month(month) if month else costs.month_start(utcnow())
+    usage = costs.usage(session=session, tenant_id=principal.tenant_id, start=start)
+    return UsageOut(
+        month=usage.month,
+        total_usd=usage.total_usd,
+        lines=[UsageLineOut(**vars(line)) for line in usage.lines],
+        budgets=[
+            BudgetOut(
+                project=b.project,
+                monthly_usd=b.monthly_usd,
+                spent_usd=b.spent_usd,
+                remaining_usd=b.remaining_usd,
+            )
+            for b in usage.budgets
+        ],
     )
 
 

@@ -46,6 +46,12 @@ class PermissionDeniedError(ClearanceError):
     code = "forbidden"
 
 
+class QuotaExceededError(ClearanceError):
+    """A budget or quota would be exceeded; nothing was done or charged."""
+
+    code = "quota_exceeded"
+
+
 class UnavailableError(ClearanceError):
     """Something the request needs (database, broker, a model) cannot be reached now."""
 

@@ -42,6 +42,9 @@ class GenerationSettings(BaseModel):
     tiny_model_dir: Path | None = None
     # What a GPU second costs, for the cost ledger of local generation.
     gpu_usd_per_second: float = Field(default=0.0011, ge=0)  # ~ $4/hour for an H100
+    # For budget checks before a local job runs: seconds per denoising step per megapixel
+    # (FLUX.1 on an H100: 0.81 s for 4 steps at 1024x1024).
+    gpu_seconds_per_step_megapixel: float = Field(default=0.2, gt=0)
     bfl: BflSettings = Field(default_factory=BflSettings)
 
 

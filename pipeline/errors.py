@@ -17,3 +17,7 @@ class ImageNotReleasedError(ConflictError):
 
 class EnqueueError(UnavailableError):
     code = "broker_unavailable"
+
+
+class UploadNotFoundError(NotFoundError):
+    code = "upload_not_found"

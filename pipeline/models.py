@@ -1,9 +1,19 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, new_id, utcnow
@@ -49,6 +59,18 @@ class Job(Base):
     height: Mapped[int]
     seed: Mapped[int] = mapped_column(BigInteger)
     n_images: Mapped[int]
+    steps: Mapped[int | None]
+    # Groups jobs for budgets and usage; "" when the client names no project.
+    project: Mapped[str] = mapped_column(String(100), default="")
+    # Kontext editing: the uploaded image to edit (a blob name).
+    input_image_sha256: Mapped[str | None] = mapped_column(String(64))
+    # [{"name": ..., "scale": ...}] as requested; checked against the registry at submission.
+    loras: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Reserved against the budget until the ledger records the real cost.
+    estimated_cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6), default=Decimal(0))
+    # Denoising progress while generating: step `progress_step` of `progress_total`.
+    progress_step: Mapped[int | None]
+    progress_total: Mapped[int | None]
     state: Mapped[str] = mapped_column(String(20), default=QUEUED, index=True)
     model: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[str | None] = mapped_column(Text)
@@ -115,3 +137,18 @@ class JobImage(Base):
     released_at: Mapped[datetime | None]
 
     job: Mapped[Job] = relationship(back_populates="images")
+
+
+class Upload(Base):
+    """An image a client uploaded for editing, stored in the blob store."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (UniqueConstraint("tenant_id", "blob_sha256"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    blob_sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int]
+    height: Mapped[int]
+    uploaded_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,19 +1,33 @@
-"""Jobs: create, enqueue the chain, read back for the API."""
+"""Jobs and uploads: create, read back for the API. Queuing is `pipeline.tasks.enqueue`."""
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from audit import service as audit
 from core.blobs import BlobStore
+from core.db import utcnow
 from core.settings import Settings
+from generation import costs
 from generation import service as generation
+from generation.models import CostEntry
 from generation.schemas import MAX_SEED, GenerationSpec
-from pipeline.errors import ImageNotFoundError, ImageNotReleasedError, JobNotFoundError
-from pipeline.models import Job, JobImage
+from generation.variants import get_variant
+from pipeline.errors import (
+    ImageNotFoundError,
+    ImageNotReleasedError,
+    JobNotFoundError,
+    UploadNotFoundError,
+)
+from pipeline.models import CHECKING_PROMPT, GENERATING, QUEUED, Job, JobImage, Upload
+
+# Jobs whose cost is not in the ledger yet: their estimate is held against the budget.
+_UNCHARGED_STATES = (QUEUED, CHECKING_PROMPT, GENERATING)
 
 
 @dataclass(frozen=True)
@@ -25,13 +39,67 @@ class NewJob:
     height: int
     seed: int | None
     n_images: int
+    steps: int | None = None
+    project: str = ""
+    input_image: str | None = None
+    loras: list[tuple[str, float]] = field(default_factory=list)
+
+
+def store_upload(
+    *, session: Session, blobs: BlobStore, tenant_id: str, actor: str, data: bytes
+) -> Upload:
+    """Keep an image to edit. It is decoded (and its size checked) before anything is stored."""
+    image = generation.decode_input_image(data)
+    sha256 = blobs.put(data)
+    upload = session.scalar(
+        select(Upload).where(Upload.tenant_id == tenant_id, Upload.blob_sha256 == sha256)
+    )
+    if upload is not None:
+        return upload
+    upload = Upload(
+        tenant_id=tenant_id,
+        blob_sha256=sha256,
+        width=image.width,
+        height=image.height,
+        uploaded_by=actor,
+    )
+    session.add(upload)
+    session.flush()
+    audit.append(
+        session=session,
+        actor=actor,
+        tenant_id=tenant_id,
+        type="upload.stored",
+        subject=f"upload:{upload.id}",
+        payload={"sha256": sha256, "width": image.width, "height": image.height},
+    )
+    return upload
+
+
+def get_upload(*, session: Session, tenant_id: str, upload_id: str) -> Upload:
+    upload = session.get(Upload, upload_id)
+    if upload is None or upload.tenant_id != tenant_id:
+        raise UploadNotFoundError(f"upload {upload_id!r} does not exist", field="input_image")
+    return upload
 
 
 def create_job(
-    *, session: Session, settings: Settings, tenant_id: str, actor: str, request: NewJob
+    *,
+    session: Session,
+    settings: Settings,
+    blobs: BlobStore,
+    tenant_id: str,
+    actor: str,
+    request: NewJob,
 ) -> Job:
-    """Validate and store a job; the caller enqueues it once the transaction commits."""
+    """Validate, check the budget and store a job; the caller enqueues it once the
+    transaction commits. Nothing is stored or reserved when any check fails."""
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    upload = (
+        get_upload(session=session, tenant_id=tenant_id, upload_id=request.input_image)
+        if request.input_image
+        else None
+    )
     spec = GenerationSpec(
         prompt=request.prompt,
         variant=request.variant,
@@ -39,9 +107,27 @@ def create_job(
         height=request.height,
         seed=seed,
         n_images=request.n_images,
+        steps=request.steps,
+        input_image=blobs.get(upload.blob_sha256) if upload else None,
+        loras=generation.resolve_loras(session=session, requested=request.loras),
     )
-    # Refuse what cannot run here before anything is stored or queued.
-    generation.check_available(spec, settings)
+    source = generation.check_available(spec, settings)
+    estimate = costs.estimate(
+        spec, get_variant(spec.variant), api=source.kind == "api", settings=settings
+    )
+    reserved = session.execute(
+        select(Job.project, Job.estimated_cost_usd).where(
+            Job.tenant_id == tenant_id, Job.state.in_(_UNCHARGED_STATES)
+        )
+    ).all()
+    costs.check_budgets(
+        session=session,
+        tenant_id=tenant_id,
+        project=request.project,
+        amount=estimate,
+        reserved=[(p, e) for p, e in reserved],
+        now=utcnow(),
+    )
     job = Job(
         tenant_id=tenant_id,
         created_by=actor,
@@ -52,6 +138,11 @@ def create_job(
         height=request.height,
         seed=seed,
         n_images=request.n_images,
+        steps=request.steps,
+        project=request.project,
+        input_image_sha256=upload.blob_sha256 if upload else None,
+        loras=[{"name": name, "scale": scale} for name, scale in request.loras],
+        estimated_cost_usd=estimate,
     )
     session.add(job)
     session.flush()
@@ -69,6 +160,12 @@ def create_job(
             "height": job.height,
             "seed": job.seed,
             "n_images": job.n_images,
+            "steps": job.steps,
+            "project": job.project,
+            "input_image_sha256": job.input_image_sha256,
+            "loras": job.loras,
+            "model": source.label,
+            "estimated_cost_usd": str(estimate),
         },
     )
     return job
@@ -80,6 +177,14 @@ def get_job(*, session: Session, tenant_id: str, job_id: str) -> Job:
     if job is None or job.tenant_id != tenant_id:
         raise JobNotFoundError(f"job {job_id!r} does not exist", field="job_id")
     return job
+
+
+def job_costs(*, session: Session, job_id: str) -> dict[int, Decimal]:
+    """What each image of the job cost, by image index."""
+    rows = session.execute(
+        select(CostEntry.image_index, CostEntry.amount_usd).where(CostEntry.job_id == job_id)
+    ).all()
+    return {index: amount for index, amount in rows}  # noqa: C416 (typed rows, not pairs)
 
 
 def released_image(*, session: Session, blobs: BlobStore, tenant_id: str, image_id: str) -> bytes:

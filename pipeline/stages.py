@@ -9,17 +9,24 @@ decision or audit event. Each function returns whether the chain should go on.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from audit import service as audit
 from core.blobs import BlobStore
 from core.db import read_scope, session_scope, utcnow
 from core.settings import Settings, get_settings
+from generation import costs
 from generation import service as generation
+from generation.bfl import ProviderRequest
+from generation.errors import ContentModeratedError
+from generation.models import ProviderRequestRecord
 from generation.schemas import GenerationSpec
 from generation.variants import VARIANTS
 from pipeline import routing
@@ -32,6 +39,7 @@ from pipeline.models import (
     FAILED,
     FINAL_STATES,
     GENERATING,
+    IN_REVIEW,
     QUEUED,
     RELEASED,
     SETTLED_STATES,
@@ -48,6 +56,8 @@ from review.schemas import PolicyRules, Use, VariantLicence
 ACTOR = "system:pipeline"
 
 PROMPT_CHECK = "prompt_check"
+# Not a stage of its own: prompt_check records the image checks of an image to edit under it.
+INPUT_CHECK = "input_check"
 GENERATE = "generate"
 IMAGE_CHECK = "image_check"
 ROUTE = "route"
@@ -192,7 +202,20 @@ def goes_on(job_id: str) -> bool:
         return job is not None and job.state not in SETTLED_STATES
 
 
+def _pdq_check(data: bytes, ctx: StageContext) -> tuple[pdq.PdqHash, list[dict[str, Any]]]:
+    hashed = pdq.compute(data)
+    with read_scope() as session:
+        found = references.match_pdq(
+            session=session,
+            image_hash=hashed.hex,
+            max_distance=ctx.settings.matching.pdq_max_distance,
+        )
+    return hashed, [match.to_dict() for match in found]
+
+
 def prompt_check(job_id: str, ctx: StageContext) -> bool:
+    """The request, before anything is generated: prompt policy, and for an editing job the
+    image checks on the image to edit."""
     job = _begin(job_id, PROMPT_CHECK, ctx)
     if job is None:
         return goes_on(job_id)
@@ -200,6 +223,9 @@ def prompt_check(job_id: str, ctx: StageContext) -> bool:
     decision = policy.check_prompt(
         job.prompt, licence=licence_for(job.variant), use=use, rules=ctx.rules
     )
+    input_matches = None
+    if job.input_image_sha256 is not None:
+        _hash, input_matches = _pdq_check(ctx.blobs.get(job.input_image_sha256), ctx)
     with session_scope() as session:
         locked = _reclaim(session, job_id, PROMPT_CHECK)
         if locked is None:
@@ -213,16 +239,73 @@ def prompt_check(job_id: str, ctx: StageContext) -> bool:
             body["reasons"],
             rules_version=decision.rules_version,
         )
+        if input_matches is not None:
+            _record_decision(
+                session, locked, INPUT_CHECK, "match" if input_matches else "clear", input_matches
+            )
         if decision.decision == "block":
             set_state(session, locked, BLOCKED, stage=PROMPT_CHECK)
+        elif input_matches:
+            # A protected asset in the image to edit: a person decides before any generation.
+            set_state(session, locked, IN_REVIEW, stage=PROMPT_CHECK, reason="input image match")
         _finish(session, job_id, PROMPT_CHECK, decision.decision)
         return locked.state not in SETTLED_STATES
+
+
+class _Progress:
+    """Writes denoising progress to the job, at most a few times a second (and always the
+    last step), in its own short transactions."""
+
+    def __init__(self, job_id: str, interval_s: float = 0.25) -> None:
+        self.job_id, self.interval_s, self.last = job_id, interval_s, 0.0
+
+    def __call__(self, step: int, total: int) -> None:
+        now = time.monotonic()
+        if step < total and now - self.last < self.interval_s:
+            return
+        self.last = now
+        with session_scope() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == self.job_id)
+                .values(progress_step=step, progress_total=total)
+            )
+
+
+def _provider_requests(job_id: str) -> dict[int, ProviderRequest]:
+    with read_scope() as session:
+        rows = session.scalars(
+            select(ProviderRequestRecord).where(ProviderRequestRecord.job_id == job_id)
+        ).all()
+        return {
+            r.image_index: ProviderRequest(r.image_index, r.request_id, r.polling_url) for r in rows
+        }
+
+
+def _recorder(job_id: str) -> Callable[[ProviderRequest], None]:
+    def record(request: ProviderRequest) -> None:
+        # Committed before polling starts: a retry or a restarted worker finds it.
+        with session_scope() as session:
+            session.add(
+                ProviderRequestRecord(
+                    job_id=job_id,
+                    image_index=request.image_index,
+                    request_id=request.request_id,
+                    polling_url=request.polling_url,
+                )
+            )
+
+    return record
 
 
 def generate(job_id: str, ctx: StageContext) -> bool:
     job = _begin(job_id, GENERATE, ctx)
     if job is None:
         return goes_on(job_id)
+    with read_scope() as session:
+        loras = generation.resolve_loras(
+            session=session, requested=[(lora["name"], lora["scale"]) for lora in job.loras]
+        )
     spec = GenerationSpec(
         prompt=job.prompt,
         variant=job.variant,
@@ -230,8 +313,20 @@ def generate(job_id: str, ctx: StageContext) -> bool:
         height=job.height,
         seed=job.seed,
         n_images=job.n_images,
+        steps=job.steps,
+        input_image=ctx.blobs.get(job.input_image_sha256) if job.input_image_sha256 else None,
+        loras=loras,
     )
-    result = generation.generate(spec, ctx.settings)
+    try:
+        result = generation.generate(
+            spec,
+            ctx.settings,
+            on_step=_Progress(job_id),
+            known_requests=_provider_requests(job_id),
+            record_request=_recorder(job_id),
+        )
+    except ContentModeratedError as moderated:
+        return _moderated(job_id, moderated)
     # Content-addressed: a second delivery writes the same names, not new files.
     stored = [(image, ctx.blobs.put(image.png)) for image in result.images]
     with session_scope() as session:
@@ -250,6 +345,15 @@ def generate(job_id: str, ctx: StageContext) -> bool:
                     height=image.height,
                 )
             )
+        charged = costs.record(
+            session=session,
+            tenant_id=locked.tenant_id,
+            project=locked.project,
+            job_id=job_id,
+            variant=VARIANTS[locked.variant],
+            result=result,
+            settings=ctx.settings,
+        )
         audit.append(
             session=session,
             actor=ACTOR,
@@ -258,6 +362,10 @@ def generate(job_id: str, ctx: StageContext) -> bool:
             subject=f"job:{job_id}",
             payload={
                 "model": result.model,
+                "placement": result.placement,
+                "seconds": round(result.seconds, 3),
+                "loras": locked.loras,
+                "cost_usd": str(sum(entry.amount_usd for entry in charged)),
                 "images": [{"index": i.index, "seed": i.seed, "sha256": s} for i, s in stored],
             },
         )
@@ -265,21 +373,35 @@ def generate(job_id: str, ctx: StageContext) -> bool:
         return True
 
 
+def _moderated(job_id: str, moderated: ContentModeratedError) -> bool:
+    """The provider's moderation refused the request: the job is blocked, with its reason."""
+    with session_scope() as session:
+        locked = _reclaim(session, job_id, GENERATE)
+        if locked is None:
+            return False
+        reason = {
+            "rule": "provider.moderation",
+            "decision": "block",
+            "detail": moderated.detail,
+            "status": moderated.status,
+            "provider_reasons": moderated.reasons,
+        }
+        _record_decision(session, locked, GENERATE, "block", [reason])
+        set_state(session, locked, BLOCKED, stage=GENERATE)
+        _finish(session, job_id, GENERATE, "moderated")
+        return False
+
+
 def image_check(job_id: str, ctx: StageContext) -> bool:
     job = _begin(job_id, IMAGE_CHECK, ctx)
     if job is None:
         return goes_on(job_id)
-    max_distance = ctx.settings.matching.pdq_max_distance
     with read_scope() as session:
         images = [(i.id, i.index, i.blob_sha256) for i in session.get_one(Job, job_id).images]
     checked: list[tuple[str, pdq.PdqHash, list[dict[str, Any]]]] = []
     for image_id, index, sha256 in images:
-        hashed = pdq.compute(ctx.blobs.get(sha256))
-        with read_scope() as session:
-            found = references.match_pdq(
-                session=session, image_hash=hashed.hex, max_distance=max_distance
-            )
-        checked.append((image_id, hashed, [m.to_dict() | {"image_index": index} for m in found]))
+        hashed, found = _pdq_check(ctx.blobs.get(sha256), ctx)
+        checked.append((image_id, hashed, [m | {"image_index": index} for m in found]))
     with session_scope() as session:
         locked = _reclaim(session, job_id, IMAGE_CHECK)
         if locked is None:
@@ -295,7 +417,7 @@ def image_check(job_id: str, ctx: StageContext) -> bool:
             IMAGE_CHECK,
             "match" if all_matches else "clear",
             all_matches,
-            pdq_max_distance=max_distance,
+            pdq_max_distance=ctx.settings.matching.pdq_max_distance,
             images_checked=len(checked),
         )
         _finish(session, job_id, IMAGE_CHECK, "match" if all_matches else "clear")

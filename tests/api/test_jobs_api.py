@@ -57,7 +57,7 @@ def test_a_reviewer_cannot_submit_jobs(client: TestClient, tenant: TenantKeys) -
         ({"prompt": ""}, "prompt", "at least 1 character"),
         ({"prompt": "a cat", "variant": "turbo"}, "variant", "'schnell'"),
         ({"prompt": "a cat", "use": "personal"}, "use", "'commercial'"),
-        ({"prompt": "a cat", "n_images": 9}, "n_images", "less than or equal to 4"),
+        ({"prompt": "a cat", "n_images": 9}, "n_images", "less than or equal to 8"),
         ({"prompt": "a cat", "seed": -1}, "seed", "greater than or equal to 0"),
         ({"prompt": "a cat", "width": 1000}, "width", "multiple of 16"),
         ({"prompt": "a cat", "height": 2048}, "height", "from 256 to 1024"),

@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 import pytest
 
+from core.blobs import BlobStore
 from core.db import session_scope
 from core.settings import Settings
 from pipeline import service, stages
@@ -30,6 +31,7 @@ def new_job(settings: Settings, tenant: TenantKeys) -> NewJobFactory:
             job = service.create_job(
                 session=session,
                 settings=settings,
+                blobs=BlobStore(settings.blob_dir),
                 tenant_id=tenant.id,
                 actor="test",
                 request=service.NewJob(**fields),  # type: ignore[arg-type]

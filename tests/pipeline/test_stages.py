@@ -190,7 +190,7 @@ def test_a_failing_stage_fails_the_job_and_releases_nothing(
     job_id = new_job()
     tasks.prompt_check.apply(args=[job_id])
 
-    def broken(*_: object) -> None:
+    def broken(*_: object, **__: object) -> None:
         raise fault
 
     monkeypatch.setattr(generation, "generate", broken)
@@ -214,11 +214,11 @@ def test_a_transient_database_error_is_retried(
     real = generation.generate
     calls = []
 
-    def flaky(*args: object) -> object:
+    def flaky(*args: object, **kwargs: object) -> object:
         calls.append(1)
         if len(calls) == 1:
             raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
-        return real(*args)  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(generation, "generate", flaky)
     monkeypatch.setattr(tasks, "_backoff", lambda retries: 0.0)
