@@ -508,7 +508,9 @@ def _apply_loras(loaded: _Loaded, loras: tuple[LoraUse, ...]) -> None:
 
 def _to_png(image: Any) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    # Level 1: a 1024x1024 photo encodes in ~0.12 s instead of ~0.45 s at the default level,
+    # for files ~13% larger; at 0.8 s per FLUX image the default would cost a third of it.
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
