@@ -323,9 +323,14 @@ def submit(
                 body["input_image"] = _checked(client.post("/v1/uploads", files=files))["id"]
             job = _checked(client.post("/v1/jobs", json=body))
             deadline = time.monotonic() + timeout
+            shown = ""
             while wait and job["state"] not in SETTLED:
                 if time.monotonic() > deadline:
                     _fail(f"job {job['id']} still {job['state']} after {timeout:g} s")
+                status = job["state"] + (f" {job['progress']['text']}" if job["progress"] else "")
+                if status != shown and not as_json:
+                    click.echo(f"job {job['id']}: {status}", err=True)
+                    shown = status
                 time.sleep(0.25)
                 job = _checked(client.get(f"/v1/jobs/{job['id']}"))
     except httpx.HTTPError as e:

@@ -65,7 +65,7 @@ class CostEntry(Base):
     job_id: Mapped[str] = mapped_column(String(32), index=True)
     image_index: Mapped[int]
     variant: Mapped[str] = mapped_column(String(40))
-    kind: Mapped[str] = mapped_column(String(10))  # "api" | "gpu"
+    kind: Mapped[str] = mapped_column(String(10))  # "local" (GPU seconds) or "api"
     gpu_seconds: Mapped[float | None]
     amount_usd: Mapped[Decimal] = mapped_column(Money)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

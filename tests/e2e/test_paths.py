@@ -18,14 +18,14 @@ SMALL = ("--width", "256", "--height", "256")
 
 @pytest.fixture
 def running(service: Service, tiny_model_dir: Path) -> Service:
-    # A dev "model folder" whose weights are missing: what a corrupted model cache looks like.
-    broken = service.root / "broken-dev"
-    broken.mkdir()
-    shutil.copy(tiny_model_dir / "model_index.json", broken / "model_index.json")
+    # `dev` gets a registered model folder of its own; the test corrupts it later.
+    dev_model = service.root / "dev-model"
+    shutil.copytree(tiny_model_dir, dev_model)
     service.env |= {
         "CLEARANCE_POLICY__BLOCKLIST": json.dumps(["forbidden ritual"]),
-        "CLEARANCE_GENERATION__LOCAL_MODELS": json.dumps({"dev": str(broken)}),
+        "CLEARANCE_GENERATION__LOCAL_MODELS": json.dumps({"dev": str(dev_model)}),
     }
+    service.cli("models", "register", "--variant", "dev")
     service.cli("tenants", "create", "acme")
     service.api_key = service.cli(
         "keys", "create", "--tenant", "acme", "--role", "requester"
@@ -82,14 +82,21 @@ def test_every_path(running: Service) -> None:
     assert reason["rule"] == "blocklist"
     assert reason["matched"] == "Forbidden  Ritual"  # quoted exactly as written
 
+    # The model cache corrupts itself after the worker verified it (the field reports it
+    # after ~500 generations): the job fails, naming the file, and releases nothing.
+    weights = service.root / "dev-model" / "transformer" / "diffusion_pytorch_model.safetensors"
+    with weights.open("r+b") as f:
+        f.seek(200)
+        f.write(b"\x00" * 64)
     failed = service.submit(
         "a watercolour fox", "--variant", "dev", "--use", "non-commercial", *SMALL, expect=3
     )
     assert failed["state"] == "failed", service.logs()
     assert failed["error"].startswith("generate: ")
-    assert "cannot load" in failed["error"]
+    assert "transformer/diffusion_pytorch_model.safetensors" in failed["error"]
     assert failed["images"] == []
     assert next(s for s in failed["stages"] if s["stage"] == "generate")["outcome"] == "error"
+    assert service.cli("models", "verify", expect=1).stdout.count("changed") == 1
 
     verified = service.cli("audit", "verify")
     assert "audit chain OK" in verified.stdout
@@ -120,3 +127,23 @@ def test_an_unreachable_broker_fails_the_job_instead_of_losing_it(service: Servi
     assert len(rows) == 1
     assert rows[0][0] == "failed"
     assert "broker" in rows[0][1]
+
+
+@pytest.mark.parametrize("service", ["embedded"], indirect=True)
+def test_a_worker_does_not_start_on_an_unverifiable_model(
+    service: Service, tiny_model_dir: Path
+) -> None:
+    """A configured model folder that is not registered, or is incomplete, stops the worker
+    at start, naming the setting and what is wrong, instead of failing jobs later."""
+    model = service.root / "schnell-model"
+    shutil.copytree(tiny_model_dir, model)
+    service.env["CLEARANCE_GENERATION__LOCAL_MODELS"] = json.dumps({"schnell": str(model)})
+    refused = service.cli("worker", expect=1)
+    assert "is not registered" in refused.stderr
+    assert "clearance models register --variant schnell" in refused.stderr
+
+    service.cli("models", "register", "--variant", "schnell")
+    (model / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    incomplete = service.cli("worker", expect=1)
+    assert "CLEARANCE_GENERATION__LOCAL_MODELS['schnell']" in incomplete.stderr
+    assert "vae/*.safetensors" in incomplete.stderr
