@@ -9,7 +9,7 @@ submissions cannot slip past it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -113,17 +113,30 @@ def check_budgets(
     tenant_id: str,
     project: str,
     amount: Decimal,
-    reserved: Iterable[tuple[str, Decimal]],
+    reserved: Callable[[], Iterable[tuple[str, Decimal]]],
     now: datetime,
 ) -> None:
     """Refuse `amount` if it would take the tenant's or the project's month past its budget.
-    `reserved` are (project, estimate) of the tenant's jobs queued but not yet charged."""
+    `reserved()` gives (project, estimate) of the tenant's jobs queued but not yet charged.
+
+    The tenant's budget rows are locked first, so two submissions at once are checked one
+    after the other (each sees the other's reservation) instead of both passing."""
     start = month_start(now)
-    pending = list(reserved)
-    for scope in ("", project) if project else ("",):
-        budget = session.scalar(
-            select(Budget).where(Budget.tenant_id == tenant_id, Budget.project == scope)
+    scopes = ("", project) if project else ("",)
+    budgets = {
+        budget.project: budget
+        for budget in session.scalars(
+            select(Budget)
+            .where(Budget.tenant_id == tenant_id, Budget.project.in_(scopes))
+            .order_by(Budget.project)
+            .with_for_update()
         )
+    }
+    if not budgets:
+        return
+    pending = list(reserved())
+    for scope in scopes:
+        budget = budgets.get(scope)
         if budget is None:
             continue
         used = spent(session=session, tenant_id=tenant_id, start=start, project=scope or None)

@@ -119,7 +119,7 @@ def validate_spec(spec: GenerationSpec) -> Variant:
     return variant
 
 
-def decode_input_image(data: bytes) -> Any:
+def decode_input_image(data: bytes, field: str = "input_image") -> Any:
     """The upload as an RGB PIL image; refuses what is not an image or is too large."""
     import warnings
 
@@ -134,7 +134,7 @@ def decode_input_image(data: bytes) -> Any:
                     f"the image is {image.width}x{image.height} "
                     f"({image.width * image.height / 1e6:.1f} megapixels): at most "
                     f"{MAX_INPUT_PIXELS / 1e6:.0f} megapixels are accepted",
-                    field="input_image",
+                    field=field,
                 )
             image.load()
             return image.convert("RGB")
@@ -142,7 +142,7 @@ def decode_input_image(data: bytes) -> Any:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Warning) as e:
         raise GenerationRequestError(
-            f"not a readable image (PNG, JPEG or WebP): {e}", field="input_image"
+            f"not a readable image (PNG, JPEG or WebP): {e}", field=field
         ) from e
 
 
@@ -176,7 +176,9 @@ def resolve_model(variant: Variant, settings: Settings) -> ModelSource:
         return ModelSource("api", f"{variant.title} via the Black Forest Labs API")
     configured = settings.generation.local_models.get(variant.name)
     if configured is not None:
-        return ModelSource("local", f"{variant.title} from {configured}", configured)
+        # Resolved, as verify_models records it: a symlink or a relative path is one folder.
+        folder = configured.resolve()
+        return ModelSource("local", f"{variant.title} from {folder}", folder)
     if not settings.generation.allow_tiny_fallback:
         example = json.dumps({variant.name: f"/models/{variant.hub_repo}"})
         raise ModelUnavailableError(
@@ -486,21 +488,27 @@ def _for_variant(loaded: _Loaded, variant: Variant) -> Any:
     return loaded.kontext
 
 
+def _adapter_name(lora: LoraUse) -> str:
+    # Keyed by content too: a name registered again with another file is another adapter.
+    return f"{lora.name}-{lora.sha256[:12]}"
+
+
 def _apply_loras(loaded: _Loaded, loras: tuple[LoraUse, ...]) -> None:
     pipeline = loaded.pipeline
     for lora in loras:
-        if lora.name not in loaded.loras:
+        if _adapter_name(lora) not in loaded.loras:
             if manifest.sha256_file(Path(lora.path)) != lora.sha256:
                 raise ModelIntegrityError(
                     f"LoRA {lora.name!r} at {lora.path} changed since it was registered",
                     field="loras",
                 )
-            pipeline.load_lora_weights(lora.path, adapter_name=lora.name)
-            loaded.loras.add(lora.name)
+            pipeline.load_lora_weights(lora.path, adapter_name=_adapter_name(lora))
+            loaded.loras.add(_adapter_name(lora))
     if loras:
         pipeline.enable_lora()
         pipeline.set_adapters(
-            [lora.name for lora in loras], adapter_weights=[lora.scale for lora in loras]
+            [_adapter_name(lora) for lora in loras],
+            adapter_weights=[lora.scale for lora in loras],
         )
     elif loaded.loras:
         pipeline.disable_lora()
@@ -608,8 +616,8 @@ def generate(
         return _generate_local(spec, variant, source, on_step)
     if record_request is None:
         raise ValueError("API generation needs record_request, or a retry could pay twice")
-    client = bfl.BflClient(settings.generation.bfl)
-    images = bfl.generate_via_api(
-        spec, variant, client, known=known_requests or {}, record=record_request
-    )
+    with bfl.BflClient(settings.generation.bfl) as client:
+        images = bfl.generate_via_api(
+            spec, variant, client, known=known_requests or {}, record=record_request
+        )
     return GenerationResult(source.label, "api", images)

@@ -49,7 +49,7 @@ def store_upload(
     *, session: Session, blobs: BlobStore, tenant_id: str, actor: str, data: bytes
 ) -> Upload:
     """Keep an image to edit. It is decoded (and its size checked) before anything is stored."""
-    image = generation.decode_input_image(data)
+    image = generation.decode_input_image(data, field="file")
     sha256 = blobs.put(data)
     upload = session.scalar(
         select(Upload).where(Upload.tenant_id == tenant_id, Upload.blob_sha256 == sha256)
@@ -74,6 +74,18 @@ def store_upload(
         payload={"sha256": sha256, "width": image.width, "height": image.height},
     )
     return upload
+
+
+def _reserved(session: Session, tenant_id: str) -> list[tuple[str, Decimal]]:
+    """(project, estimate) of the tenant's jobs that may still be charged: not final, and
+    without entries in the ledger yet."""
+    charged = select(CostEntry.id).where(CostEntry.job_id == Job.id).exists()
+    rows = session.execute(
+        select(Job.project, Job.estimated_cost_usd).where(
+            Job.tenant_id == tenant_id, Job.state.in_(_UNCHARGED_STATES), ~charged
+        )
+    ).all()
+    return [(project, estimate) for project, estimate in rows]
 
 
 def get_upload(*, session: Session, tenant_id: str, upload_id: str) -> Upload:
@@ -115,17 +127,12 @@ def create_job(
     estimate = costs.estimate(
         spec, get_variant(spec.variant), api=source.kind == "api", settings=settings
     )
-    reserved = session.execute(
-        select(Job.project, Job.estimated_cost_usd).where(
-            Job.tenant_id == tenant_id, Job.state.in_(_UNCHARGED_STATES)
-        )
-    ).all()
     costs.check_budgets(
         session=session,
         tenant_id=tenant_id,
         project=request.project,
         amount=estimate,
-        reserved=[(p, e) for p, e in reserved],
+        reserved=lambda: _reserved(session, tenant_id),
         now=utcnow(),
     )
     job = Job(

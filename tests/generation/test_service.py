@@ -1,4 +1,5 @@
-"""Request validation, model resolution, and generation with the real tiny FLUX pipeline."""
+"""Request validation, model resolution, registered model folders, and generation with the
+real tiny FLUX pipeline."""
 
 from __future__ import annotations
 
@@ -14,10 +15,20 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from core.db import read_scope, session_scope
 from core.settings import Settings
-from generation.errors import GenerationRequestError, ModelUnavailableError
+from generation.errors import GenerationRequestError, ModelIntegrityError, ModelUnavailableError
+from generation.models import ModelRegistration
 from generation.schemas import MAX_IMAGES_PER_JOB, MAX_SEED, MIN_SIDE, GenerationSpec
-from generation.service import check_available, generate, resolve_model, validate_spec
+from generation.service import (
+    ModelCheck,
+    check_available,
+    generate,
+    register_model,
+    resolve_model,
+    validate_spec,
+    verify_models,
+)
 from generation.tiny import TINY_MODEL_LABEL
 from generation.variants import get_variant
 
@@ -139,13 +150,19 @@ def test_side_maximum_depends_on_the_variant() -> None:
 
 @pytest.mark.parametrize("n_images", [0, MAX_IMAGES_PER_JOB + 1, -1])
 def test_bad_image_count_names_the_field_and_range(n_images: int) -> None:
-    """n_images outside 1..4 is refused on field n_images, stating the range."""
-    assert MAX_IMAGES_PER_JOB == 4
+    """n_images outside 1..8 is refused on field n_images, stating the range."""
+    assert MAX_IMAGES_PER_JOB == 8
     with pytest.raises(GenerationRequestError) as caught:
         validate_spec(spec(n_images=n_images))
     assert caught.value.field == "n_images"
     assert f"n_images {n_images}" in caught.value.detail
-    assert "1 to 4" in caught.value.detail
+    assert "1 to 8" in caught.value.detail
+
+
+def test_up_to_eight_images_are_allowed() -> None:
+    """Every count from 1 to 8 passes validation."""
+    for n_images in range(1, 9):
+        assert validate_spec(spec(n_images=n_images)).name == "schnell"
 
 
 @pytest.mark.parametrize("seed", [-1, MAX_SEED + 1, 2**63])
@@ -186,23 +203,6 @@ def test_api_variants_are_unavailable_locally(name: str, tiny_settings: Settings
     assert caught.value.field == "variant"
     assert repr(name) in caught.value.detail
     assert "API" in caught.value.detail
-
-
-def test_configured_folder_without_model_index_is_refused(
-    make_settings: SettingsFactory, tmp_path: Path
-) -> None:
-    """A local_models folder that is not a diffusers folder raises, naming the setting and
-    the folder, rather than silently falling back to the tiny model."""
-    empty = tmp_path / "not-a-model"
-    empty.mkdir()
-    settings = make_settings(local_models={"schnell": empty})
-    with pytest.raises(ModelUnavailableError) as caught:
-        resolve_model(get_variant("schnell"), settings)
-    detail = caught.value.detail
-    assert caught.value.field == "variant"
-    assert LOCAL_MODELS_ENV in detail
-    assert str(empty) in detail
-    assert "model_index.json" in detail
 
 
 def test_without_fallback_a_missing_folder_is_an_error(make_settings: SettingsFactory) -> None:
@@ -329,43 +329,214 @@ def test_generate_refuses_bad_requests_before_loading_a_model(tiny_settings: Set
         generate(spec(variant="pro"), tiny_settings)
 
 
-def test_local_folder_is_loaded_and_labelled_with_its_path(
-    make_settings: SettingsFactory, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    """A configured folder (a copy of the tiny weights) is loaded through the same
-    from_pretrained path: it gives the same pixels as the fallback for the same seed, but is
-    labelled with the variant title and the folder."""
-    folder = tmp_path / "flux-schnell"
+# --- registered local folders (database on SQLite and PostgreSQL) ---------------------------
+
+WEIGHT_FILES = [
+    "transformer/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+    "text_encoder_2/model.safetensors",
+]
+
+
+def register(folder: Path, variant: str = "schnell") -> ModelRegistration:
+    with session_scope() as session:
+        return register_model(session=session, variant=variant, folder=folder, actor="test")
+
+
+def verify(settings: Settings) -> list[ModelCheck]:
+    """What worker start does: check every configured folder against its registration."""
+    with read_scope() as session:
+        return verify_models(session=session, settings=settings)
+
+
+def copy_of_tiny(tiny_model_dir: Path, folder: Path) -> Path:
     shutil.copytree(tiny_model_dir, folder)
-    fallback = make_settings()
+    return folder
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_registered_and_verified_folder_is_loaded_and_labelled_with_its_path(
+    settings: Settings, make_settings: SettingsFactory, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A configured folder (a copy of the tiny weights), once registered and verified, is
+    loaded through the same from_pretrained path: the same pixels as the fallback for the
+    same seed, but labelled with the variant title and the folder."""
+    folder = copy_of_tiny(tiny_model_dir, tmp_path / "flux-schnell")
+    registration = register(folder)
+    assert registration.variant == "schnell"
+    assert set(registration.manifest) >= {"model_index.json", *WEIGHT_FILES}
     configured = make_settings(local_models={"schnell": folder})
-    expected = generate(spec(seed=5), fallback)
+    assert verify(configured) == [ModelCheck("schnell", folder, None)]
+
+    expected = generate(spec(seed=5), make_settings())
     result = generate(spec(seed=5), configured)
     assert result.model == f"FLUX.1 [schnell] from {folder}"
     assert "fallback" not in result.model
     assert result.images[0].png == expected.images[0].png
 
 
-@pytest.mark.parametrize(
-    "weights",
-    [
-        "transformer/diffusion_pytorch_model.safetensors",
-        "vae/diffusion_pytorch_model.safetensors",
-        "text_encoder/model.safetensors",
-        "text_encoder_2/model.safetensors",
-    ],
-)
-def test_corrupted_weights_raise_model_unavailable(
-    weights: str, make_settings: SettingsFactory, tiny_model_dir: Path, tmp_path: Path
+def test_unregistered_folder_is_not_loaded(
+    settings: Settings, make_settings: SettingsFactory, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """A folder with a truncated weights file, in any component, is reported as
-    ModelUnavailableError naming the model, never as a raw loader exception."""
-    folder = tmp_path / "broken-schnell"
-    shutil.copytree(tiny_model_dir, folder)
-    target = folder / weights
-    data = target.read_bytes()
-    target.write_bytes(data[: len(data) // 2])
-    settings = make_settings(local_models={"schnell": folder})
+    """A configured folder nobody registered is reported by verify_models with the command
+    that registers it, and generate refuses it (never falling back to the tiny model)."""
+    folder = copy_of_tiny(tiny_model_dir, tmp_path / "unregistered")
+    configured = make_settings(local_models={"schnell": folder})
+    (check,) = verify(configured)
+    assert check.problem is not None
+    assert "is not registered" in check.problem
+    assert f"clearance models register --variant schnell {folder}" in check.problem
+    with pytest.raises(ModelIntegrityError) as caught:
+        generate(spec(), configured)
+    assert "was not verified" in caught.value.detail
+    assert str(folder) in caught.value.detail
+
+
+def test_registered_folder_must_also_be_verified_in_this_process(
+    settings: Settings, make_settings: SettingsFactory, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Registration alone does not let a folder load: the process must have verified it
+    (worker start does), else ModelIntegrityError says it was not verified."""
+    folder = copy_of_tiny(tiny_model_dir, tmp_path / "registered-only")
+    register(folder)
+    configured = make_settings(local_models={"schnell": folder})
+    with pytest.raises(ModelIntegrityError) as caught:
+        generate(spec(), configured)
+    assert caught.value.field == "variant"
+    assert "was not verified" in caught.value.detail
+    verify(configured)
+    assert len(generate(spec(), configured).images) == 1
+
+
+def test_folder_without_model_index_is_reported_by_verify(
+    settings: Settings, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A local_models folder that is not a diffusers folder resolves to itself (never to the
+    tiny model); verify_models reports it, naming the setting, the folder and the missing
+    model_index.json; registering it is refused; generate refuses to load it."""
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    configured = make_settings(local_models={"schnell": empty})
+    source = resolve_model(get_variant("schnell"), configured)
+    assert source.folder == empty
+    assert not source.is_fallback
+
+    (check,) = verify(configured)
+    assert check.problem is not None
+    assert LOCAL_MODELS_ENV in check.problem
+    assert str(empty) in check.problem
+    assert "model_index.json" in check.problem
+
+    with pytest.raises(ModelUnavailableError) as refused:
+        register(empty)
+    assert refused.value.field == "folder"
+    assert "model_index.json" in refused.value.detail
+    with pytest.raises(ModelIntegrityError):
+        generate(spec(), configured)
+
+
+def test_folder_missing_a_weights_file_is_reported_by_verify(
+    settings: Settings, make_settings: SettingsFactory, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A folder whose component lacks its weights is incomplete, named by the missing file."""
+    folder = copy_of_tiny(tiny_model_dir, tmp_path / "no-vae-weights")
+    (folder / "vae/diffusion_pytorch_model.safetensors").unlink()
+    (check,) = verify(make_settings(local_models={"schnell": folder}))
+    assert check.problem is not None
+    assert "incomplete" in check.problem
+    assert "vae/*.safetensors (no weights)" in check.problem
+
+
+@pytest.mark.parametrize("weights", WEIGHT_FILES)
+def test_weights_changed_since_verification_are_refused_by_name(
+    weights: str,
+    settings: Settings,
+    make_settings: SettingsFactory,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """A file of a verified folder corrupted afterwards (any component) makes generate raise
+    ModelIntegrityError naming that file, before any weights are read; verify_models then
+    reports the same file."""
+    folder = copy_of_tiny(tiny_model_dir, tmp_path / "verified-then-corrupted")
+    register(folder)
+    configured = make_settings(local_models={"schnell": folder})
+    assert [check.problem for check in verify(configured)] == [None]
+    truncate(folder / weights)
+
+    with pytest.raises(ModelIntegrityError) as caught:
+        generate(spec(), configured)
+    assert "changed since the worker verified it" in caught.value.detail
+    assert weights in caught.value.detail
+    (check,) = verify(configured)
+    assert check.problem is not None
+    assert f"changed: {weights}" in check.problem
+
+
+def test_same_size_change_and_added_file_are_caught_before_loading(
+    settings: Settings, make_settings: SettingsFactory, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A change that keeps the file size is still caught (its mtime moved, so it is hashed
+    again), and so is a file added to the folder after verification."""
+    folder = copy_of_tiny(tiny_model_dir, tmp_path / "flipped")
+    register(folder)
+    configured = make_settings(local_models={"schnell": folder})
+    verify(configured)
+    config = folder / "transformer/config.json"
+    text = config.read_text()
+    config.write_text(text.replace('"num_layers": 1', '"num_layers": 2'))
+    assert len(config.read_text()) == len(text)
+    with pytest.raises(ModelIntegrityError) as caught:
+        generate(spec(), configured)
+    assert "changed: transformer/config.json" in caught.value.detail
+
+    other = copy_of_tiny(tiny_model_dir, tmp_path / "added")
+    register(other)
+    extra = make_settings(local_models={"schnell": other})
+    verify(extra)
+    (other / "transformer/extra.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(ModelIntegrityError) as caught:
+        generate(spec(), extra)
+    assert "not in the manifest: transformer/extra.safetensors" in caught.value.detail
+
+
+@pytest.mark.parametrize("weights", WEIGHT_FILES)
+def test_weights_corrupted_before_registration_raise_model_unavailable(
+    weights: str,
+    settings: Settings,
+    make_settings: SettingsFactory,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """A folder registered with a truncated weights file (a valid manifest of bad files)
+    passes verification, and the loader's failure is reported as ModelUnavailableError
+    naming the model, never as a raw loader exception."""
+    folder = copy_of_tiny(tiny_model_dir, tmp_path / "broken-schnell")
+    truncate(folder / weights)
+    register(folder)
+    configured = make_settings(local_models={"schnell": folder})
+    assert [check.problem for check in verify(configured)] == [None]
     with pytest.raises(ModelUnavailableError) as caught:
-        generate(spec(), settings)
+        generate(spec(), configured)
     assert f"FLUX.1 [schnell] from {folder}" in caught.value.detail
+
+
+def test_folder_configured_through_a_symlink_loads_once_verified(
+    settings: Settings, make_settings: SettingsFactory, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Deployments point the setting at a link (models/current -> models/flux-2024-11).
+    Registered and verified through the link, the folder loads: verification and loading
+    must agree on which folder it is."""
+    real = copy_of_tiny(tiny_model_dir, tmp_path / "flux-schnell-2024-11")
+    link = tmp_path / "current"
+    link.symlink_to(real, target_is_directory=True)
+    register(link)
+    configured = make_settings(local_models={"schnell": link})
+    assert [check.problem for check in verify(configured)] == [None]
+    result = generate(spec(), configured)
+    assert len(result.images) == 1
