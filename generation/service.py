@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from audit import service as audit
 from core.errors import choices
+from core.images import decode_image
 from core.settings import Settings
 from generation import bfl, manifest, memory
 from generation.errors import (
@@ -117,33 +118,6 @@ def validate_spec(spec: GenerationSpec) -> Variant:
                 field="loras",
             )
     return variant
-
-
-def decode_input_image(data: bytes, field: str = "input_image") -> Any:
-    """The upload as an RGB PIL image; refuses what is not an image or is too large."""
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_INPUT_PIXELS:
-                raise GenerationRequestError(
-                    f"the image is {image.width}x{image.height} "
-                    f"({image.width * image.height / 1e6:.1f} megapixels): at most "
-                    f"{MAX_INPUT_PIXELS / 1e6:.0f} megapixels are accepted",
-                    field=field,
-                )
-            image.load()
-            return image.convert("RGB")
-    except GenerationRequestError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Warning) as e:
-        raise GenerationRequestError(
-            f"not a readable image (PNG, JPEG or WebP): {e}", field=field
-        ) from e
 
 
 @dataclass(frozen=True)
@@ -254,7 +228,7 @@ def check_available(spec: GenerationSpec, settings: Settings) -> ModelSource:
         check_api_limits(spec, variant)
     check_prompt_length(spec.prompt, variant, source)
     if spec.input_image is not None:
-        decode_input_image(spec.input_image)
+        decode_image(spec.input_image, field="input_image", max_pixels=MAX_INPUT_PIXELS)
     return source
 
 
@@ -534,7 +508,9 @@ def _generate_local(
     seeds = [(spec.seed + i) % (MAX_SEED + 1) for i in range(spec.n_images)]
     extra: dict[str, Any] = {}
     if spec.input_image is not None:
-        extra["image"] = decode_input_image(spec.input_image)
+        extra["image"] = decode_image(
+            spec.input_image, field="input_image", max_pixels=MAX_INPUT_PIXELS
+        )
         # Kontext derives the output size from an area and the aspect ratio of width/height.
         extra["max_area"] = spec.width * spec.height
 

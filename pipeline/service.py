@@ -12,11 +12,12 @@ from sqlalchemy.orm import Session
 from audit import service as audit
 from core.blobs import BlobStore
 from core.db import utcnow
+from core.images import decode_image
 from core.settings import Settings
 from generation import costs
 from generation import service as generation
 from generation.models import CostEntry
-from generation.schemas import MAX_SEED, GenerationSpec
+from generation.schemas import MAX_INPUT_PIXELS, MAX_SEED, GenerationSpec
 from generation.variants import get_variant
 from pipeline.errors import (
     ImageNotFoundError,
@@ -49,7 +50,7 @@ def store_upload(
     *, session: Session, blobs: BlobStore, tenant_id: str, actor: str, data: bytes
 ) -> Upload:
     """Keep an image to edit. It is decoded (and its size checked) before anything is stored."""
-    image = generation.decode_input_image(data, field="file")
+    image = decode_image(data, field="file", max_pixels=MAX_INPUT_PIXELS)
     sha256 = blobs.put(data)
     upload = session.scalar(
         select(Upload).where(Upload.tenant_id == tenant_id, Upload.blob_sha256 == sha256)

@@ -30,6 +30,7 @@ from sqlalchemy import select
 from audit.models import AuditEvent
 from core.db import read_scope, session_scope
 from core.errors import UnavailableError
+from core.images import ImageError, decode_image
 from core.settings import Settings
 from generation import memory
 from generation.errors import (
@@ -41,7 +42,6 @@ from generation.models import LoraAdapter
 from generation.schemas import MAX_INPUT_PIXELS, GenerationResult, GenerationSpec, LoraUse
 from generation.service import (
     check_available,
-    decode_input_image,
     generate,
     register_lora,
     resolve_loras,
@@ -390,34 +390,34 @@ def test_an_input_image_for_a_text_to_image_variant_is_refused(tiny_settings: Se
 
 def test_decode_input_image_returns_rgb_for_png_and_jpeg() -> None:
     """PNG and JPEG uploads decode to RGB images of their own size, greyscale too."""
-    astronaut = decode_input_image(photo_png())
+    astronaut = decode_image(photo_png())
     assert (astronaut.mode, astronaut.size) == ("RGB", (512, 512))
-    camera = decode_input_image(encode(photo("camera"), "JPEG"))
+    camera = decode_image(encode(photo("camera"), "JPEG"))
     assert (camera.mode, camera.size) == ("RGB", (512, 512))
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "why"),
     [
-        pytest.param(b"GIF89a? not really", id="not-an-image"),
-        pytest.param(b"", id="empty"),
-        pytest.param(photo_png()[:2000], id="truncated-png"),
+        pytest.param(b"GIF89a? not really", "not a readable image", id="not-an-image"),
+        pytest.param(b"", "the file is empty", id="empty"),
+        pytest.param(photo_png()[:2000], "not a readable image", id="truncated-png"),
     ],
 )
-def test_decode_input_image_refuses_what_is_not_an_image(data: bytes) -> None:
+def test_decode_input_image_refuses_what_is_not_an_image(data: bytes, why: str) -> None:
     """Bytes that are not a whole image are refused on field input_image."""
-    with pytest.raises(GenerationRequestError) as caught:
-        decode_input_image(data)
+    with pytest.raises(ImageError) as caught:
+        decode_image(data, field="input_image", max_pixels=MAX_INPUT_PIXELS)
     assert caught.value.field == "input_image"
-    assert "not a readable image" in caught.value.detail
+    assert why in caught.value.detail
 
 
 def test_decode_input_image_refuses_more_than_40_megapixels_from_the_header() -> None:
     """An image whose header claims more than 40 megapixels is refused on field
     input_image, stating its size and the limit, without decoding it."""
     assert MAX_INPUT_PIXELS == 40_000_000
-    with pytest.raises(GenerationRequestError) as caught:
-        decode_input_image(png_header_only(8000, 6000))
+    with pytest.raises(ImageError) as caught:
+        decode_image(png_header_only(8000, 6000), field="input_image", max_pixels=MAX_INPUT_PIXELS)
     assert caught.value.field == "input_image"
     assert "8000x6000" in caught.value.detail
     assert "48.0 megapixels" in caught.value.detail
