@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import errors, routes
+from api import catalogue, errors, routes
 from core import celery_app
 from core.settings import get_settings
 
@@ -23,4 +23,5 @@ def create_app() -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(catalogue.router)
     return app

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -544,25 +545,186 @@ def assets() -> None:
 @assets.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def assets_import(file: Path) -> None:
-    """Import a catalogue YAML file (assets, with optional `exemplars:` image paths)."""
+    """Import a catalogue YAML file: assets, with `exemplars:` and `negative_exemplars:`
+    image paths relative to the file. New exemplars are added to the index."""
     from core.blobs import BlobStore
     from core.db import session_scope
-    from reference_index import service
+    from reference_index import index, service
+
+    settings = get_settings()
 
     def run() -> Any:
         with session_scope() as session:
-            return service.import_catalogue(
+            summary = service.import_catalogue(
+                session=session, blobs=BlobStore(settings.blob_dir), path=file, actor=CLI_ACTOR
+            )
+            index.add(
                 session=session,
-                blobs=BlobStore(get_settings().blob_dir),
-                path=file,
+                settings=settings,
+                blobs=BlobStore(settings.blob_dir),
+                reference_ids=summary.new_reference_ids,
                 actor=CLI_ACTOR,
             )
+            return summary
 
     summary = _run_service(run)
     click.echo(
         f"assets: {summary.assets_created} created, {summary.assets_updated} updated; "
         f"reference images added: {summary.references_added}"
     )
+
+
+@assets.command("export")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def assets_export(file: Path | None) -> None:
+    """Write the catalogue as YAML (the import format). With FILE, exemplar images are
+    written next to it under exemplars/; without, the YAML goes to stdout without them."""
+    from core.blobs import BlobStore
+    from core.db import read_scope
+    from reference_index import service
+
+    with read_scope() as session:
+        text = service.export_catalogue(
+            session=session,
+            blobs=BlobStore(get_settings().blob_dir),
+            folder=file.parent if file else None,
+        )
+    if file is None:
+        click.echo(text, nl=False)
+    else:
+        file.write_text(text, encoding="utf-8")
+        click.echo(f"catalogue written to {file}", err=True)
+
+
+@main.group()
+def index() -> None:
+    """The reference index (CLIP vectors in FAISS, keypoints, asset texts)."""
+
+
+@index.command("build")
+def index_build() -> None:
+    """Embed every exemplar into a new index version and switch to it atomically."""
+    from core.blobs import BlobStore
+    from core.db import session_scope
+    from reference_index import index as versions
+
+    settings = get_settings()
+    with click.progressbar(length=1, label="embedding exemplars", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        def build() -> Any:
+            with session_scope() as session:
+                return versions.build(
+                    session=session,
+                    settings=settings,
+                    blobs=BlobStore(settings.blob_dir),
+                    actor=CLI_ACTOR,
+                    progress=progress,
+                )
+
+        version = _run_service(build)
+    click.echo(
+        f"index {version.checkpoint}: {version.vectors} vectors ({version.kind}, "
+        f"{version.dimension} dimensions, {version.embedder})"
+    )
+
+
+@index.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+def index_stats(as_json: bool) -> None:
+    """The active index version and what it holds."""
+    from core.db import read_scope
+    from reference_index import index as versions
+
+    with read_scope() as session:
+        stats = versions.stats(session=session, settings=get_settings())
+    if as_json:
+        click.echo(json.dumps(vars(stats), default=str, indent=2))
+        return
+    if stats.checkpoint is None:
+        click.echo(f"no index built yet ({stats.pending_exemplars} exemplars waiting)")
+        return
+    click.echo(
+        f"index {stats.checkpoint} ({stats.built_by}, {stats.created_at:%Y-%m-%d %H:%M} UTC): "
+        f"{stats.vectors} vectors, {stats.kind}, {stats.dimension} dimensions\n"
+        f"  embedder: {stats.embedder}\n"
+        f"  exemplars indexed: {stats.exemplars}, not yet indexed: {stats.pending_exemplars}"
+    )
+    if stats.embedder != stats.current_embedder:
+        click.echo(
+            f"  WARNING: this process embeds with {stats.current_embedder}; rebuild the index",
+            err=True,
+        )
+
+
+def _check_paths(paths: tuple[Path, ...]) -> Iterator[dict[str, Any]]:
+    """One check result per path, in order; unreadable files give an error entry."""
+    from core.db import read_scope
+    from core.errors import ClearanceError
+    from core.images import decode_image
+    from reference_index import checks
+
+    settings = get_settings()
+    for path in paths:
+        try:
+            image = decode_image(path.read_bytes())
+            with read_scope() as session:
+                result = checks.check_image(image, session=session, settings=settings)
+        except (OSError, ClearanceError) as e:
+            yield {"path": str(path), "decision": "error", "error": getattr(e, "detail", str(e))}
+            continue
+        body = result.to_dict()
+        yield {
+            "path": str(path),
+            "decision": body["decision"],
+            "matches": [
+                {k: m[k] for k in ("asset_id", "matcher", "score", "box", "counted", "detail")}
+                for m in body["matches"]
+            ],
+            "nsfw": body["nsfw"],
+            "embedder": body["embedder"],
+            "faults": body["faults"],
+        }
+
+
+@index.command("search")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def index_search(image: Path) -> None:
+    """Check one image against the catalogue and print what matched."""
+    for result in _check_paths((image,)):
+        click.echo(json.dumps(result, indent=2))
+
+
+@main.group()
+def check() -> None:
+    """Clear images made anywhere, not only here."""
+
+
+@check.command("image")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line per path, in order."
+)
+def check_image(paths: tuple[Path, ...], as_json: bool) -> None:
+    """Check images against the protected-asset catalogue and for NSFW content. Exit status
+    0 when every image is approved, 3 when any needs review or is rejected, 1 when any could
+    not be checked."""
+    decisions = set()
+    for result in _check_paths(paths):
+        decisions.add(result["decision"])
+        if as_json:
+            click.echo(json.dumps(result))
+        else:
+            found = ", ".join(
+                f"{m['asset_id']} ({m['matcher']} {m['score']})" for m in result.get("matches", [])
+            )
+            click.echo(f"{result['path']}: {result['decision']}" + (f": {found}" if found else ""))
+    if "error" in decisions:
+        sys.exit(1)
+    sys.exit(3 if decisions - {"approve"} else 0)
 
 
 # --- demo ----------------------------------------------------------------------------------

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -138,3 +138,106 @@ class UsageOut(BaseModel):
     total_usd: Decimal
     lines: list[UsageLineOut]
     budgets: list[BudgetOut]
+
+
+AssetKind = Literal["character", "logo", "brand", "person", "artwork"]
+Risk = Literal["low", "medium", "high"]
+
+
+class Thresholds(BaseModel):
+    """Per-asset overrides of the matchers' settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pdq_max_distance: int | None = Field(default=None, ge=0, le=256)
+    clip_min_image_score: float | None = Field(default=None, ge=-1, le=1)
+    clip_min_text_score: float | None = Field(default=None, ge=-1, le=1)
+    keypoint_min_inliers: int | None = Field(default=None, ge=4)
+
+
+class AssetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: AssetKind
+    owner: str = Field(default="", max_length=200)
+    aliases: list[str] = Field(default_factory=list, max_length=100)
+    description: str = Field(default="", max_length=2000)
+    risk: Risk = "high"
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+
+class AssetCreate(AssetIn):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
+
+
+class ExemplarOut(BaseModel):
+    id: str
+    polarity: str
+    sha256: str
+    width: int
+    height: int
+    pdq_quality: int
+    source: str
+    created_at: datetime
+
+
+class AssetOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    owner: str
+    aliases: list[str]
+    description: str
+    risk: str
+    thresholds: dict[str, float]
+    exemplars: int
+    negative_exemplars: int
+    created_at: datetime
+    updated_at: datetime
+
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    items: list[Item]
+    total: int
+    offset: int
+    limit: int
+
+
+class CheckMatchOut(BaseModel):
+    asset_id: str
+    asset_name: str
+    matcher: str
+    score: float
+    strength: str
+    exemplar_id: str | None
+    box: list[int] | None
+    counted: bool
+    detail: str
+
+
+class CheckOut(BaseModel):
+    decision: Literal["approve", "review", "reject"]
+    matches: list[CheckMatchOut]
+    nsfw: dict[str, Any] | None
+    embedder: str
+    index_checkpoint: str | None
+    faults: list[dict[str, str]]
+    suppressed: list[dict[str, Any]]
+
+
+class IndexOut(BaseModel):
+    checkpoint: str | None
+    embedder: str | None
+    current_embedder: str
+    dimension: int | None
+    vectors: int
+    exemplars: int
+    kind: str | None
+    built_by: str | None
+    created_at: datetime | None
+    # Exemplars in the catalogue that the active index does not hold yet.
+    pending_exemplars: int

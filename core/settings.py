@@ -49,11 +49,15 @@ class GenerationSettings(BaseModel):
 
 
 class PolicySettings(BaseModel):
-    # Prompts containing any of these terms (whole words, case-insensitive) are blocked.
+    # The policy rule file (versioned YAML); default: review/rules/default.yaml, shipped in
+    # the package.
+    rules_file: Path | None = None
+    # Extra terms merged into the rules: prompts containing any of them (whole words,
+    # normalised) are blocked.
     blocklist: list[str] = Field(
         default_factory=lambda: ["child sexual", "csam", "beheading", "snuff film"]
     )
-    # Prompts containing any of these terms go to human review.
+    # Extra terms merged into the rules: prompts containing any of them go to human review.
     review_terms: list[str] = Field(default_factory=list)
 
     @field_validator("blocklist", "review_terms")
@@ -65,9 +69,51 @@ class PolicySettings(BaseModel):
         return terms
 
 
+class ClipSettings(BaseModel):
+    # open_clip model name, and a local checkpoint file for it (production: ViT-L-14 and its
+    # weights). Without a checkpoint, a tiny random-weight model stands in, labelled as such;
+    # its scores are shown but never decide anything.
+    model_name: str = "ViT-L-14"
+    checkpoint: Path | None = None
+    # Cosine similarity of an image to an exemplar, and to an asset's name or description.
+    min_image_score: float = Field(default=0.85, ge=-1, le=1)
+    min_text_score: float = Field(default=0.28, ge=-1, le=1)
+    # At or above this image score the match is as good as a copy: the image is rejected.
+    reject_image_score: float = Field(default=0.95, ge=-1, le=1)
+
+
+class NsfwSettings(BaseModel):
+    """NudeNet labels and the scores from which an image is rejected or reviewed."""
+
+    reject: dict[str, float] = Field(
+        default_factory=lambda: {
+            "FEMALE_GENITALIA_EXPOSED": 0.5,
+            "MALE_GENITALIA_EXPOSED": 0.5,
+            "ANUS_EXPOSED": 0.5,
+        }
+    )
+    review: dict[str, float] = Field(
+        default_factory=lambda: {
+            "FEMALE_BREAST_EXPOSED": 0.45,
+            "BUTTOCKS_EXPOSED": 0.45,
+            "MALE_BREAST_EXPOSED": 0.8,
+        }
+    )
+
+
 class MatchingSettings(BaseModel):
-    # Meta's HMA treats PDQ Hamming distance <= 31 (of 256 bits) as a match.
+    # Meta's HMA treats PDQ Hamming distance <= 31 (of 256 bits) as a match, and ignores
+    # hashes of quality below 50 (flat images hash unreliably).
     pdq_max_distance: int = Field(default=31, ge=0, le=256)
+    pdq_reject_distance: int = Field(default=8, ge=0, le=256)
+    pdq_min_quality: int = Field(default=50, ge=0, le=100)
+    # Keypoint matches need this many RANSAC inliers; this many are as good as a copy.
+    keypoint_min_inliers: int = Field(default=12, ge=4)
+    keypoint_reject_inliers: int = Field(default=60, ge=4)
+    # Up to this many vectors the index is exact (IndexFlatIP); above it, HNSW.
+    exact_index_limit: int = Field(default=10_000, ge=1)
+    clip: ClipSettings = Field(default_factory=ClipSettings)
+    nsfw: NsfwSettings = Field(default_factory=NsfwSettings)
 
 
 class WorkerSettings(BaseModel):
@@ -117,6 +163,10 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
 
     @property
     def tiny_model_dir(self) -> Path:

@@ -131,8 +131,8 @@ class JobImage(Base):
     blob_sha256: Mapped[str] = mapped_column(String(64))
     width: Mapped[int]
     height: Mapped[int]
-    pdq_hash: Mapped[str | None] = mapped_column(String(64))
-    pdq_quality: Mapped[int | None]
+    # The full result of the image checks (reference_index.checks), and its matches.
+    check: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     matches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     released_at: Mapped[datetime | None]
 

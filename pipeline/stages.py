@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from audit import service as audit
 from core.blobs import BlobStore
 from core.db import read_scope, session_scope, utcnow
+from core.images import decode_image
 from core.settings import Settings, get_settings
 from generation import costs
 from generation import service as generation
@@ -48,8 +49,7 @@ from pipeline.models import (
     JobImage,
     JobStage,
 )
-from reference_index import pdq
-from reference_index import service as references
+from reference_index import checks
 from review import policy
 from review.schemas import PolicyRules, Use, VariantLicence
 
@@ -202,15 +202,18 @@ def goes_on(job_id: str) -> bool:
         return job is not None and job.state not in SETTLED_STATES
 
 
-def _pdq_check(data: bytes, ctx: StageContext) -> tuple[pdq.PdqHash, list[dict[str, Any]]]:
-    hashed = pdq.compute(data)
+_SEVERITY = {"approve": 0, "review": 1, "reject": 2}
+
+
+def _check(data: bytes, ctx: StageContext) -> dict[str, Any]:
+    """The catalogue and NSFW checks of one image, as stored with it."""
+    image = decode_image(data)
     with read_scope() as session:
-        found = references.match_pdq(
-            session=session,
-            image_hash=hashed.hex,
-            max_distance=ctx.settings.matching.pdq_max_distance,
-        )
-    return hashed, [match.to_dict() for match in found]
+        return checks.check_image(image, session=session, settings=ctx.settings).to_dict()
+
+
+def _worst(decisions: list[str]) -> str:
+    return max(decisions, key=_SEVERITY.__getitem__, default="approve")
 
 
 def prompt_check(job_id: str, ctx: StageContext) -> bool:
@@ -223,9 +226,9 @@ def prompt_check(job_id: str, ctx: StageContext) -> bool:
     decision = policy.check_prompt(
         job.prompt, licence=licence_for(job.variant), use=use, rules=ctx.rules
     )
-    input_matches = None
+    input_check = None
     if job.input_image_sha256 is not None:
-        _hash, input_matches = _pdq_check(ctx.blobs.get(job.input_image_sha256), ctx)
+        input_check = _check(ctx.blobs.get(job.input_image_sha256), ctx)
     with session_scope() as session:
         locked = _reclaim(session, job_id, PROMPT_CHECK)
         if locked is None:
@@ -239,15 +242,21 @@ def prompt_check(job_id: str, ctx: StageContext) -> bool:
             body["reasons"],
             rules_version=decision.rules_version,
         )
-        if input_matches is not None:
+        if input_check is not None:
             _record_decision(
-                session, locked, INPUT_CHECK, "match" if input_matches else "clear", input_matches
+                session,
+                locked,
+                INPUT_CHECK,
+                input_check["decision"],
+                routing.image_reasons(input_check, 0),
+                check=input_check,
             )
         if decision.decision == "block":
             set_state(session, locked, BLOCKED, stage=PROMPT_CHECK)
-        elif input_matches:
-            # A protected asset in the image to edit: a person decides before any generation.
-            set_state(session, locked, IN_REVIEW, stage=PROMPT_CHECK, reason="input image match")
+        elif input_check is not None and input_check["decision"] != "approve":
+            # A protected asset (or worse) in the image to edit: a person decides before
+            # anything is generated from it.
+            set_state(session, locked, IN_REVIEW, stage=PROMPT_CHECK, reason="input image check")
         _finish(session, job_id, PROMPT_CHECK, decision.decision)
         return locked.state not in SETTLED_STATES
 
@@ -398,29 +407,30 @@ def image_check(job_id: str, ctx: StageContext) -> bool:
         return goes_on(job_id)
     with read_scope() as session:
         images = [(i.id, i.index, i.blob_sha256) for i in session.get_one(Job, job_id).images]
-    checked: list[tuple[str, pdq.PdqHash, list[dict[str, Any]]]] = []
-    for image_id, index, sha256 in images:
-        hashed, found = _pdq_check(ctx.blobs.get(sha256), ctx)
-        checked.append((image_id, hashed, [m | {"image_index": index} for m in found]))
+    results = [
+        (image_id, index, _check(ctx.blobs.get(sha), ctx)) for image_id, index, sha in images
+    ]
     with session_scope() as session:
         locked = _reclaim(session, job_id, IMAGE_CHECK)
         if locked is None:
             return False
-        all_matches: list[dict[str, Any]] = []
-        for image_id, hashed, matches in checked:
+        reasons: list[dict[str, Any]] = []
+        for image_id, index, check in results:
             image = session.get_one(JobImage, image_id)
-            image.pdq_hash, image.pdq_quality, image.matches = hashed.hex, hashed.quality, matches
-            all_matches.extend(matches)
+            image.check, image.matches = check, check["matches"]
+            reasons += routing.image_reasons(check, index)
+        decision = _worst([check["decision"] for _, _, check in results])
         _record_decision(
             session,
             locked,
             IMAGE_CHECK,
-            "match" if all_matches else "clear",
-            all_matches,
-            pdq_max_distance=ctx.settings.matching.pdq_max_distance,
-            images_checked=len(checked),
+            decision,
+            reasons,
+            images_checked=len(results),
+            embedder=results[0][2]["embedder"] if results else None,
+            index_checkpoint=results[0][2]["index_checkpoint"] if results else None,
         )
-        _finish(session, job_id, IMAGE_CHECK, "match" if all_matches else "clear")
+        _finish(session, job_id, IMAGE_CHECK, decision)
         return True
 
 
@@ -433,7 +443,9 @@ def route(job_id: str, ctx: StageContext) -> bool:
         prompt = decisions.get(PROMPT_CHECK)
         images = decisions.get(IMAGE_CHECK)
         chosen = routing.route(
-            prompt.decision if prompt else None, images.reasons if images else None
+            prompt.decision if prompt else None,
+            images.decision if images else None,
+            images.reasons if images else [],
         )
         _record_decision(session, job, ROUTE, chosen.state, chosen.reasons, band=chosen.band)
         set_state(session, job, chosen.state, stage=ROUTE, band=chosen.band)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from core.errors import InvalidInputError, NotFoundError
+from core.errors import InvalidInputError, NotFoundError, UnavailableError
 
 
 class CatalogueError(InvalidInputError):
@@ -11,5 +11,11 @@ class AssetNotFoundError(NotFoundError):
     code = "asset_not_found"
 
 
-class ImageDecodeError(InvalidInputError):
-    code = "invalid_image"
+class EmbedderUnavailableError(UnavailableError):
+    code = "embedder_unavailable"
+
+
+class IndexUnusableError(UnavailableError):
+    """The active index cannot serve this embedder (built by another one, or missing)."""
+
+    code = "index_unusable"

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pdqhash
-from PIL import Image
 
-from reference_index.errors import ImageDecodeError
+from core.images import decode_image, to_array
 
 HASH_BITS = 256
-# Refuse to decode absurdly large images (decompression bombs): PIL only warns below twice
-# its limit, so the warning is turned into an error in `decode_rgb`.
-MAX_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -26,24 +19,17 @@ class PdqHash:
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                return np.asarray(image.convert("RGB"))
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as e:
-        raise ImageDecodeError(f"not a readable image: {e}", field="image") from e
+    """An image file as HxWx3 uint8 (see core.images for what is accepted)."""
+    return to_array(decode_image(data))
+
+
+def compute_array(rgb: np.ndarray) -> PdqHash:
+    bits, quality = pdqhash.compute(rgb)
+    return PdqHash(hex=np.packbits(bits.astype(np.uint8)).tobytes().hex(), quality=int(quality))
 
 
 def compute(data: bytes) -> PdqHash:
-    bits, quality = pdqhash.compute(decode_rgb(data))
-    return PdqHash(hex=np.packbits(bits.astype(np.uint8)).tobytes().hex(), quality=int(quality))
+    return compute_array(decode_rgb(data))
 
 
 def hex_to_bits(hashes: list[str]) -> np.ndarray:

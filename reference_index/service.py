@@ -1,31 +1,186 @@
-"""The protected-asset catalogue and PDQ matching against its reference images."""
+"""The protected-asset catalogue: assets, their exemplars and negative exemplars, YAML
+import and export. Matching is `reference_index.checks`; the index is `reference_index.index`.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from audit import service as audit
 from core.blobs import BlobStore
-from core.errors import choices
+from core.errors import ConflictError, choices
+from core.images import ImageError, decode_image, to_array
 from reference_index import pdq
-from reference_index.errors import AssetNotFoundError, CatalogueError, ImageDecodeError
-from reference_index.models import ASSET_KINDS, RISKS, ProtectedAsset, ReferenceImage
-from reference_index.schemas import ImportSummary, PdqMatch
+from reference_index.errors import AssetNotFoundError, CatalogueError
+from reference_index.models import (
+    ASSET_KINDS,
+    POLARITIES,
+    RISKS,
+    ProtectedAsset,
+    ReferenceImage,
+)
+from reference_index.schemas import ImportSummary
+
+_ASSET_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
+# The same ranges as the settings they override (core/settings.py).
+THRESHOLD_RANGES: dict[str, tuple[float, float]] = {
+    "pdq_max_distance": (0, 256),
+    "clip_min_image_score": (-1.0, 1.0),
+    "clip_min_text_score": (-1.0, 1.0),
+    "keypoint_min_inliers": (4, 10_000),
+}
+
+
+@dataclass(frozen=True)
+class AssetFields:
+    """An asset as a client describes it; validated by `validate_asset`."""
+
+    name: str
+    kind: str
+    owner: str = ""
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    risk: str = "high"
+    thresholds: tuple[tuple[str, float], ...] = ()
+
+
+def validate_asset(asset_id: str, fields: AssetFields, where: str = "asset") -> None:
+    if not _ASSET_ID.fullmatch(asset_id):
+        raise CatalogueError(
+            f"{where}: id {asset_id!r} is not allowed: use 1-100 lowercase letters, digits, "
+            "'.', '_' or '-'",
+            field="id",
+        )
+    if not fields.name.strip():
+        raise CatalogueError(f"{where}: name is empty", field="name")
+    if fields.kind not in ASSET_KINDS:
+        raise CatalogueError(
+            f"{where}: kind {fields.kind!r} is not one of {choices(ASSET_KINDS)}", field="kind"
+        )
+    if fields.risk not in RISKS:
+        raise CatalogueError(
+            f"{where}: risk {fields.risk!r} is not one of {choices(RISKS)}", field="risk"
+        )
+    for key, value in fields.thresholds:
+        if key not in THRESHOLD_RANGES:
+            raise CatalogueError(
+                f"{where}: threshold {key!r} is not one of {choices(THRESHOLD_RANGES)}",
+                field="thresholds",
+            )
+        low, high = THRESHOLD_RANGES[key]
+        if not (math.isfinite(value) and low <= value <= high):
+            raise CatalogueError(
+                f"{where}: threshold {key} = {value} is out of range: use {low} to {high}",
+                field="thresholds",
+            )
+
+
+def _apply(asset: ProtectedAsset, fields: AssetFields) -> None:
+    asset.name = fields.name
+    asset.kind = fields.kind
+    asset.owner = fields.owner
+    asset.aliases = list(fields.aliases)
+    asset.description = fields.description
+    asset.risk = fields.risk
+    asset.thresholds = dict(fields.thresholds)
+
+
+def save_asset(
+    *, session: Session, asset_id: str, fields: AssetFields, actor: str, create_only: bool = False
+) -> tuple[ProtectedAsset, bool]:
+    """Create or update an asset; the flag says whether it was created."""
+    validate_asset(asset_id, fields)
+    asset = session.get(ProtectedAsset, asset_id)
+    created = asset is None
+    if asset is None:
+        asset = ProtectedAsset(id=asset_id)
+        session.add(asset)
+    elif create_only:
+        raise ConflictError(f"asset {asset_id!r} already exists", field="id")
+    _apply(asset, fields)
+    session.flush()
+    audit.append(
+        session=session,
+        actor=actor,
+        type="asset.created" if created else "asset.updated",
+        subject=f"asset:{asset_id}",
+        payload={
+            "name": fields.name,
+            "kind": fields.kind,
+            "risk": fields.risk,
+            "aliases": list(fields.aliases),
+            "thresholds": dict(fields.thresholds),
+        },
+    )
+    return asset, created
+
+
+def get_asset(*, session: Session, asset_id: str) -> ProtectedAsset:
+    asset = session.get(ProtectedAsset, asset_id)
+    if asset is None:
+        raise AssetNotFoundError(f"asset {asset_id!r} does not exist", field="asset_id")
+    return asset
+
+
+def list_assets(
+    *, session: Session, kind: str | None = None, offset: int = 0, limit: int = 50
+) -> tuple[list[ProtectedAsset], int]:
+    query = select(ProtectedAsset)
+    if kind is not None:
+        if kind not in ASSET_KINDS:
+            raise CatalogueError(
+                f"kind {kind!r} is not one of {choices(ASSET_KINDS)}", field="kind"
+            )
+        query = query.where(ProtectedAsset.kind == kind)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(ProtectedAsset.id).offset(offset).limit(limit)).all()
+    return list(rows), total
+
+
+def delete_asset(*, session: Session, asset_id: str, actor: str) -> list[str]:
+    """Delete an asset and its exemplars; returns the ids of the exemplars removed, which
+    the caller takes out of the index."""
+    asset = get_asset(session=session, asset_id=asset_id)
+    removed = [r.id for r in asset.references]
+    session.delete(asset)
+    audit.append(
+        session=session,
+        actor=actor,
+        type="asset.deleted",
+        subject=f"asset:{asset_id}",
+        payload={"exemplars_removed": removed},
+    )
+    return removed
 
 
 def add_reference_image(
-    *, session: Session, blobs: BlobStore, asset_id: str, data: bytes, source: str, actor: str
+    *,
+    session: Session,
+    blobs: BlobStore,
+    asset_id: str,
+    data: bytes,
+    source: str,
+    actor: str,
+    polarity: str = "positive",
 ) -> tuple[ReferenceImage, bool]:
-    """Store an exemplar of an asset. Adding the same image twice returns the first one;
-    the flag says whether it was new."""
-    if session.get(ProtectedAsset, asset_id) is None:
-        raise AssetNotFoundError(f"asset {asset_id!r} does not exist", field="asset_id")
-    hashed = pdq.compute(data)
+    """Store an exemplar (or, with polarity "negative", an approved look-alike) of an asset.
+    Adding the same image twice returns the first one; the flag says whether it was new.
+    The caller adds new exemplars to the index (`reference_index.index.add`)."""
+    if polarity not in POLARITIES:
+        raise CatalogueError(
+            f"polarity {polarity!r} is not one of {choices(POLARITIES)}", field="polarity"
+        )
+    get_asset(session=session, asset_id=asset_id)
+    image = decode_image(data, field="exemplar")
+    hashed = pdq.compute_array(to_array(image))
     sha256 = blobs.put(data)
     existing = session.scalar(
         select(ReferenceImage).where(
@@ -33,10 +188,19 @@ def add_reference_image(
         )
     )
     if existing is not None:
+        if existing.polarity != polarity:
+            raise ConflictError(
+                f"this image is already a {existing.polarity} exemplar of {asset_id!r} "
+                f"({existing.id}); delete it first to store it as {polarity}",
+                field="polarity",
+            )
         return existing, False
     reference = ReferenceImage(
         asset_id=asset_id,
         blob_sha256=sha256,
+        polarity=polarity,
+        width=image.width,
+        height=image.height,
         pdq_hash=hashed.hex,
         pdq_quality=hashed.quality,
         source=source,
@@ -48,16 +212,63 @@ def add_reference_image(
         actor=actor,
         type="reference.added",
         subject=f"asset:{asset_id}",
-        payload={"reference_image_id": reference.id, "sha256": sha256, "pdq": hashed.hex},
+        payload={
+            "reference_image_id": reference.id,
+            "sha256": sha256,
+            "pdq": hashed.hex,
+            "polarity": polarity,
+            "source": source,
+        },
     )
     return reference, True
 
 
-def _field(entry: dict[str, Any], name: str, where: str, default: Any = None) -> Any:
-    value = entry.get(name, default)
-    if value is None:
-        raise CatalogueError(f"{where}: field {name!r} is required", field=name)
-    return value
+def delete_reference_image(
+    *, session: Session, asset_id: str, reference_id: str, actor: str
+) -> None:
+    reference = session.get(ReferenceImage, reference_id)
+    if reference is None or reference.asset_id != asset_id:
+        raise AssetNotFoundError(
+            f"exemplar {reference_id!r} of asset {asset_id!r} does not exist", field="exemplar_id"
+        )
+    session.delete(reference)
+    audit.append(
+        session=session,
+        actor=actor,
+        type="reference.deleted",
+        subject=f"asset:{asset_id}",
+        payload={"reference_image_id": reference_id, "sha256": reference.blob_sha256},
+    )
+
+
+# --- YAML ----------------------------------------------------------------------------------
+
+
+def _fields_from_yaml(entry: dict[str, Any], where: str) -> AssetFields:
+    for required in ("id", "name", "kind"):
+        if entry.get(required) is None:
+            raise CatalogueError(f"{where}: field {required!r} is required", field=required)
+    aliases = entry.get("aliases") or []
+    if not isinstance(aliases, list):
+        raise CatalogueError(
+            f"{where}: aliases must be a list, e.g. [Mickey, Steamboat Willie]", field="aliases"
+        )
+    thresholds = entry.get("thresholds") or {}
+    if not isinstance(thresholds, dict):
+        raise CatalogueError(f"{where}: thresholds must be a mapping", field="thresholds")
+    try:
+        threshold_items = tuple((str(k), float(v)) for k, v in thresholds.items())
+    except (TypeError, ValueError) as e:
+        raise CatalogueError(f"{where}: thresholds must be numbers", field="thresholds") from e
+    return AssetFields(
+        name=str(entry["name"]),
+        kind=str(entry["kind"]),
+        owner=str(entry.get("owner") or ""),
+        aliases=tuple(str(a) for a in aliases),
+        description=str(entry.get("description") or ""),
+        risk=str(entry.get("risk", "high")),
+        thresholds=threshold_items,
+    )
 
 
 def import_catalogue(
@@ -65,7 +276,8 @@ def import_catalogue(
 ) -> ImportSummary:
     """Create or update the assets of a catalogue YAML file (the form of
     `shared/eval/catalogue.yaml`), adding the images listed under each asset's `exemplars:`
-    (paths relative to the file). All or nothing: the caller's transaction rolls back on error."""
+    and `negative_exemplars:` (paths relative to the file). All or nothing: the caller's
+    transaction rolls back on error. `summary.new_reference_ids` are for the index."""
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
@@ -73,97 +285,97 @@ def import_catalogue(
     entries = document.get("assets") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise CatalogueError(f"{path}: expected a top-level 'assets:' list", field="assets")
-    created = updated = added = 0
+    created = updated = 0
+    new_references: list[str] = []
     for position, entry in enumerate(entries, start=1):
         where = f"{path} asset #{position}"
         if not isinstance(entry, dict):
             raise CatalogueError(f"{where}: expected a mapping", field="assets")
-        asset_id = str(_field(entry, "id", where))
-        where = f"{path} asset {asset_id!r}"
-        kind = _field(entry, "kind", where)
-        if kind not in ASSET_KINDS:
-            raise CatalogueError(
-                f"{where}: kind {kind!r} is not one of {choices(ASSET_KINDS)}", field="kind"
-            )
-        risk = entry.get("risk", "high")
-        if risk not in RISKS:
-            raise CatalogueError(
-                f"{where}: risk {risk!r} is not one of {choices(RISKS)}", field="risk"
-            )
-        aliases = entry.get("aliases") or []
-        if not isinstance(aliases, list):
-            raise CatalogueError(
-                f"{where}: aliases must be a list, e.g. [Mickey, Steamboat Willie]", field="aliases"
-            )
-        values = {
-            "name": str(_field(entry, "name", where)),
-            "kind": kind,
-            "owner": str(entry.get("owner") or ""),
-            "aliases": [str(a) for a in aliases],
-            "description": str(entry.get("description") or ""),
-            "risk": risk,
-        }
-        asset = session.get(ProtectedAsset, asset_id)
-        if asset is None:
-            session.add(ProtectedAsset(id=asset_id, **values))
-            created += 1
-        else:
-            for key, value in values.items():
-                setattr(asset, key, value)
-            updated += 1
-        session.flush()
-        for exemplar in entry.get("exemplars") or []:
-            image_path = (path.parent / str(exemplar)).resolve()
-            try:
-                data = image_path.read_bytes()
-            except OSError as e:
-                raise CatalogueError(
-                    f"{where}: exemplar {exemplar!r}: {e}", field="exemplars"
-                ) from e
-            try:
-                _, is_new = add_reference_image(
-                    session=session,
-                    blobs=blobs,
-                    asset_id=asset_id,
-                    data=data,
-                    source=str(exemplar),
-                    actor=actor,
-                )
-            except ImageDecodeError as e:
-                raise CatalogueError(
-                    f"{where}: exemplar {exemplar!r} is not a readable image", field="exemplars"
-                ) from e
-            added += is_new
+        asset_id = str(entry.get("id") or "")
+        if asset_id:
+            where = f"{path} asset {asset_id!r}"
+        fields = _fields_from_yaml(entry, where)
+        validate_asset(asset_id, fields, where)
+        _, was_created = save_asset(session=session, asset_id=asset_id, fields=fields, actor=actor)
+        created += was_created
+        updated += not was_created
+        for key, polarity in (("exemplars", "positive"), ("negative_exemplars", "negative")):
+            for exemplar in entry.get(key) or []:
+                image_path = (path.parent / str(exemplar)).resolve()
+                try:
+                    data = image_path.read_bytes()
+                    reference, is_new = add_reference_image(
+                        session=session,
+                        blobs=blobs,
+                        asset_id=asset_id,
+                        data=data,
+                        source=str(exemplar),
+                        actor=actor,
+                        polarity=polarity,
+                    )
+                except OSError as e:
+                    raise CatalogueError(f"{where}: exemplar {exemplar!r}: {e}", field=key) from e
+                except ImageError as e:
+                    raise CatalogueError(
+                        f"{where}: exemplar {exemplar!r} is not a readable image ({e.detail})",
+                        field=key,
+                    ) from e
+                except ConflictError as e:
+                    raise CatalogueError(
+                        f"{where}: exemplar {exemplar!r}: {e.detail}", field=key
+                    ) from e
+                if is_new:
+                    new_references.append(reference.id)
     audit.append(
         session=session,
         actor=actor,
         type="catalogue.imported",
         subject=f"file:{path.name}",
-        payload={"created": created, "updated": updated, "references_added": added},
+        payload={"created": created, "updated": updated, "references_added": len(new_references)},
     )
-    return ImportSummary(created, updated, added)
+    return ImportSummary(created, updated, len(new_references), tuple(new_references))
 
 
-def match_pdq(*, session: Session, image_hash: str, max_distance: int) -> list[PdqMatch]:
-    """Every reference image within `max_distance` bits, best first. One vectorised pass over
-    all reference hashes; the FAISS binary index arrives with the reference-index work."""
-    rows = session.execute(
-        select(ReferenceImage.id, ReferenceImage.pdq_hash, ProtectedAsset.id, ProtectedAsset.name)
-        .join(ProtectedAsset)
-        .order_by(ReferenceImage.id)
-    ).all()
-    if not rows:
-        return []
-    found = pdq.distances(image_hash, [r[1] for r in rows])
-    matches = [
-        PdqMatch(
-            asset_id=asset_id,
-            asset_name=name,
-            reference_image_id=ref_id,
-            distance=int(distance),
-            score=round(1 - int(distance) / pdq.HASH_BITS, 4),
-        )
-        for (ref_id, _hash, asset_id, name), distance in zip(rows, found, strict=True)
-        if distance <= max_distance
-    ]
-    return sorted(matches, key=lambda m: m.distance)
+def export_catalogue(*, session: Session, blobs: BlobStore, folder: Path | None) -> str:
+    """The catalogue as YAML in the import format. With a folder, exemplar images are written
+    under folder/exemplars/ and listed; without one, the YAML lists no images."""
+    assets = []
+    for asset in session.scalars(select(ProtectedAsset).order_by(ProtectedAsset.id)):
+        entry: dict[str, Any] = {
+            "id": asset.id,
+            "name": asset.name,
+            "kind": asset.kind,
+            "owner": asset.owner,
+            "aliases": list(asset.aliases),
+            "description": asset.description,
+            "risk": asset.risk,
+        }
+        if asset.thresholds:
+            entry["thresholds"] = dict(asset.thresholds)
+        if folder is not None:
+            for polarity, key in (("positive", "exemplars"), ("negative", "negative_exemplars")):
+                paths = []
+                for reference in sorted(asset.references, key=lambda r: r.id):
+                    if reference.polarity != polarity:
+                        continue
+                    relative = (
+                        Path("exemplars") / f"{reference.blob_sha256}{_suffix(blobs, reference)}"
+                    )
+                    (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+                    (folder / relative).write_bytes(blobs.get(reference.blob_sha256))
+                    paths.append(str(relative))
+                if paths:
+                    entry[key] = paths
+        assets.append(entry)
+    return yaml.safe_dump({"assets": assets}, sort_keys=False, allow_unicode=True)
+
+
+def _suffix(blobs: BlobStore, reference: ReferenceImage) -> str:
+    head = blobs.get(reference.blob_sha256)[:12]
+    if head.startswith(b"\x89PNG"):
+        return ".png"
+    if head.startswith(b"\xff\xd8"):
+        return ".jpg"
+    if head[8:12] == b"WEBP":
+        return ".webp"
+    return ".img"

@@ -64,6 +64,68 @@ def postgres_database(postgres_server: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def postgres_template(postgres_server: str) -> Iterator[str]:
+    """A PostgreSQL database migrated once per run; tests get copies of it."""
+    import sqlalchemy as sa
+
+    from core.db import dispose_engines, get_engine
+    from migrations.config import upgrade
+
+    name = f"clearance_template_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    get_engine(url).dispose()  # a template must have no open connections to be copied
+    dispose_engines()
+    try:
+        yield name
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def migrated_postgres(postgres_server: str, postgres_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test (a copy of the template)."""
+    import sqlalchemy as sa
+
+    name = f"clearance_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
+    try:
+        yield sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        from core.db import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per run; tests get copies of the file."""
+    import sqlite3
+
+    from core.db import dispose_engines, get_engine
+    from migrations.config import upgrade
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "clearance.db"
+    upgrade(f"sqlite:///{path}")
+    get_engine(f"sqlite:///{path}").dispose()
+    dispose_engines()
+    # Fold the write-ahead log into the file, so a copy of the file alone is complete.
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def redis_server() -> str:
     import redis
 
@@ -111,9 +173,13 @@ def queued_messages(path: Path) -> int:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated database for one test, on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
+        import shutil
+
+        shutil.copy(request.getfixturevalue("sqlite_template"), tmp_path / "clearance.db")
         return f"sqlite:///{tmp_path / 'clearance.db'}"
-    url: str = request.getfixturevalue("postgres_database")
+    url: str = request.getfixturevalue("migrated_postgres")
     return url
 
 
@@ -139,7 +205,6 @@ def settings(
     PostgreSQL), the embedded broker emptied; the Celery app pointed at it."""
     from core import celery_app
     from core.settings import get_settings
-    from migrations.config import upgrade
 
     monkeypatch.setenv("CLEARANCE_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("CLEARANCE_DATABASE_URL", database_url)
@@ -147,7 +212,6 @@ def settings(
     purge_broker(broker_file)
     monkeypatch.setenv("CLEARANCE_GENERATION__TINY_MODEL_DIR", str(tiny_model_dir))
     reset_caches()
-    upgrade()
     celery_app.configure(get_settings())
     yield get_settings()
     reset_caches()

@@ -207,7 +207,7 @@ def test_kontext_job_runs_end_to_end(client: TestClient, tenant: TenantKeys) -> 
     assert job["state"] == "released", job["error"]
     assert job["input_image_sha256"] == uploaded["sha256"]
     decisions = {d["stage"]: d["decision"] for d in job["decisions"]}
-    assert decisions["input_check"] == "clear"
+    assert decisions["input_check"] == "approve"
     assert [(i["width"], i["height"]) for i in job["images"]] == [(320, 256)]
     served = client.get(job["images"][0]["url"], headers=tenant.headers())
     with Image.open(io.BytesIO(served.content)) as image:
@@ -251,9 +251,11 @@ def test_an_input_image_of_a_protected_asset_goes_to_review_before_generation(
     assert [s["stage"] for s in job["stages"]] == ["prompt_check"]
     decisions = {d["stage"]: d for d in job["decisions"]}
     assert decisions["prompt_check"]["decision"] == "allow"
-    assert decisions["input_check"]["decision"] == "match"
-    (match,) = decisions["input_check"]["reasons"]
-    assert (match["asset_id"], match["distance"]) == ("eileen", 0)
+    # An exact copy of an exemplar: the image check rejects it, and a person decides.
+    assert decisions["input_check"]["decision"] == "reject"
+    pdq = [r for r in decisions["input_check"]["reasons"] if r.get("matcher") == "pdq"]
+    assert [(r["asset_id"], r["strength"]) for r in pdq] == [("eileen", "reject")]
+    assert "PDQ distance 0" in pdq[0]["detail"]
     assert job["images"] == []
     assert Decimal(job["cost_usd"]) == 0
 

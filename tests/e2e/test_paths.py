@@ -3,11 +3,13 @@ match, blocked by the licence rule, blocked by the blocklist, failed in a stage.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageEnhance
 
 from tests.e2e.conftest import Service
 
@@ -23,6 +25,9 @@ def running(service: Service, tiny_model_dir: Path) -> Service:
     shutil.copytree(tiny_model_dir, dev_model)
     service.env |= {
         "CLEARANCE_POLICY__BLOCKLIST": json.dumps(["forbidden ritual"]),
+        # Keypoint matches never count as copies here, so the retouched copy below is a
+        # PDQ match for review, not an automatic rejection.
+        "CLEARANCE_MATCHING__KEYPOINT_REJECT_INLIERS": "100000",
         "CLEARANCE_GENERATION__LOCAL_MODELS": json.dumps({"dev": str(dev_model)}),
     }
     service.cli("models", "register", "--variant", "dev")
@@ -47,20 +52,23 @@ def test_every_path(running: Service) -> None:
     assert png.status_code == 200
     assert png.content.startswith(b"\x89PNG")
 
-    # The released image becomes the exemplar of a protected asset; the same prompt and seed
-    # then generate a near copy of it, which must go to a person.
-    (service.root / "exemplar.png").write_bytes(png.content)
+    # A retouched copy of the released image becomes the exemplar of a protected asset;
+    # the same prompt and seed then generate an image PDQ matches (distance over the copy
+    # threshold), which must go to a person.
+    edited = ImageEnhance.Brightness(Image.open(io.BytesIO(png.content))).enhance(1.3)
+    edited.save(service.root / "retouched.png")
     (service.root / "catalogue.yaml").write_text(
         "assets:\n  - id: storm-light\n    name: Storm Light\n    kind: artwork\n"
-        "    owner: Example Studio\n    exemplars: [exemplar.png]\n"
+        "    owner: Example Studio\n    exemplars: [retouched.png]\n"
     )
     imported = service.cli("assets", "import", str(service.root / "catalogue.yaml"))
     assert "reference images added: 1" in imported.stdout
     matched = service.submit("a lighthouse in a storm", "--seed", "11", *SMALL, expect=3)
     assert matched["state"] == "in_review", service.logs()
     route = next(d for d in matched["decisions"] if d["stage"] == "route")
-    assert route["reasons"][0]["rule"] == "images.pdq_match"
-    assert "Storm Light" in route["reasons"][0]["detail"]
+    pdq_reason = next(r for r in route["reasons"] if r["rule"] == "images.pdq_match")
+    assert "Storm Light" in pdq_reason["detail"]
+    assert pdq_reason["strength"] == "review"
     (held,) = matched["images"]
     assert held["url"] is None
     with service.http() as client:

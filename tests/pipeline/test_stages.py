@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
+from PIL import Image, ImageEnhance
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
@@ -18,6 +20,7 @@ from core.settings import Settings
 from generation import service as generation
 from pipeline import stages, tasks
 from pipeline.models import Job, JobDecision, JobImage, JobStage
+from tests.conftest import reset_caches
 from tests.pipeline.conftest import NewJobFactory, run_all_stages
 
 
@@ -60,12 +63,13 @@ def test_a_clean_job_is_released_with_every_stage_recorded(new_job: NewJobFactor
     assert all(s.finished_at is not None and s.attempts == 1 for s in job.stages)
     assert {d.stage: d.decision for d in job.decisions} == {
         "prompt_check": "allow",
-        "image_check": "clear",
+        "image_check": "approve",
         "route": "approved",
     }
     assert len(job.images) == 1
     assert job.images[0].released_at is not None
-    assert job.images[0].pdq_hash is not None
+    assert job.images[0].check is not None
+    assert job.images[0].check["decision"] == "approve"
     assert chain_verifies()
 
 
@@ -144,35 +148,68 @@ def test_a_licence_violation_is_blocked_before_generation(new_job: NewJobFactory
     assert job.images == []
 
 
-def test_a_pdq_match_sends_the_job_to_review(
-    new_job: NewJobFactory, settings: Settings, tmp_path: Path
-) -> None:
-    """Register a released image as the exemplar of a protected asset; the same prompt and
-    seed then produce a near-identical image, which must go to a person."""
-    first = new_job(seed=7)
-    run_all_stages(first)
-    image = load(first).images[0]
-    exemplar = tmp_path / "exemplar.png"
-    exemplar.write_bytes(BlobStore(settings.blob_dir).get(image.blob_sha256))
+def _protect(settings: Settings, tmp_path: Path, exemplar: bytes) -> None:
+    """Make `exemplar` the only exemplar of a protected asset, and index it."""
+    from reference_index import index as versions
+    from reference_index import service as references
+
+    (tmp_path / "exemplar.png").write_bytes(exemplar)
     catalogue = tmp_path / "catalogue.yaml"
     catalogue.write_text(
         "assets:\n  - id: storm-light\n    name: Storm Light\n    kind: artwork\n"
         "    exemplars: [exemplar.png]\n"
     )
-    from reference_index import service as references
-
+    blobs = BlobStore(settings.blob_dir)
     with session_scope() as session:
-        references.import_catalogue(
-            session=session, blobs=BlobStore(settings.blob_dir), path=catalogue, actor="test"
-        )
+        references.import_catalogue(session=session, blobs=blobs, path=catalogue, actor="test")
+        versions.build(session=session, settings=settings, blobs=blobs, actor="test")
+
+
+def _brighter(png: bytes) -> bytes:
+    """An edited copy: 30% brighter, as if someone touched up a protected image."""
+    edited = ImageEnhance.Brightness(Image.open(io.BytesIO(png))).enhance(1.3)
+    buffer = io.BytesIO()
+    edited.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_pdq_match_below_a_copy_goes_to_review(
+    new_job: NewJobFactory, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exemplar is a retouched version of what the same prompt and seed generate. With
+    keypoint matches set never to count as copies, PDQ sees a match but not a copy (distance
+    over 8), so a person decides."""
+    monkeypatch.setenv("CLEARANCE_MATCHING__KEYPOINT_REJECT_INLIERS", "100000")
+    reset_caches()
+    first = new_job(seed=7)
+    run_all_stages(first)
+    image = load(first).images[0]
+    _protect(settings, tmp_path, _brighter(BlobStore(settings.blob_dir).get(image.blob_sha256)))
     second = new_job(seed=7)
     assert run_all_stages(second)[-1] == stages.ROUTE
     job = load(second)
-    assert job.state == "in_review"
+    assert job.state == "in_review", job.decisions[-1].reasons
     route = next(d for d in job.decisions if d.stage == "route")
-    assert route.reasons[0]["rule"] == "images.pdq_match"
-    assert route.reasons[0]["asset_id"] == "storm-light"
-    assert job.images[0].matches[0]["distance"] <= 31
+    pdq_reason = next(r for r in route.reasons if r["rule"] == "images.pdq_match")
+    assert pdq_reason["asset_id"] == "storm-light"
+    assert pdq_reason["strength"] == "review"
+    assert job.images[0].released_at is None
+
+
+def test_an_exact_copy_of_a_protected_image_is_rejected(
+    new_job: NewJobFactory, settings: Settings, tmp_path: Path
+) -> None:
+    first = new_job(seed=7)
+    run_all_stages(first)
+    image = load(first).images[0]
+    _protect(settings, tmp_path, BlobStore(settings.blob_dir).get(image.blob_sha256))
+    second = new_job(seed=7)
+    run_all_stages(second)
+    job = load(second)
+    assert job.state == "rejected"
+    route = next(d for d in job.decisions if d.stage == "route")
+    assert route.decision == "rejected"
+    assert any(r["strength"] == "reject" and r["asset_id"] == "storm-light" for r in route.reasons)
     assert job.images[0].released_at is None
 
 

@@ -1,0 +1,243 @@
+"""HTTP routes of the protected-asset catalogue, the index and image checks."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Form, Query, Response, UploadFile
+from sqlalchemy.orm import Session
+
+from api.deps import PrincipalDep, ReadSessionDep, SettingsDep
+from api.schemas import (
+    AssetCreate,
+    AssetIn,
+    AssetOut,
+    CheckOut,
+    ErrorOut,
+    ExemplarOut,
+    IndexOut,
+    Page,
+)
+from core.blobs import BlobStore
+from core.db import read_scope, session_scope
+from core.errors import InvalidInputError
+from core.images import decode_image
+from core.settings import Settings
+from reference_index import checks
+from reference_index import index as index_versions
+from reference_index import service as catalogue
+from reference_index.models import ProtectedAsset, ReferenceImage
+
+router = APIRouter()
+ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorOut} for status in (401, 403, 404, 409, 422, 503)
+}
+# Who may change the catalogue; everyone with a key may read it and run checks.
+EDITORS = ("legal", "admin")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+
+
+def asset_out(asset: ProtectedAsset) -> AssetOut:
+    positives = sum(r.polarity == "positive" for r in asset.references)
+    return AssetOut(
+        id=asset.id,
+        name=asset.name,
+        kind=asset.kind,
+        owner=asset.owner,
+        aliases=asset.aliases,
+        description=asset.description,
+        risk=asset.risk,
+        thresholds=asset.thresholds,
+        exemplars=positives,
+        negative_exemplars=len(asset.references) - positives,
+        created_at=asset.created_at,
+        updated_at=asset.updated_at,
+    )
+
+
+def exemplar_out(reference: ReferenceImage) -> ExemplarOut:
+    return ExemplarOut(
+        id=reference.id,
+        polarity=reference.polarity,
+        sha256=reference.blob_sha256,
+        width=reference.width,
+        height=reference.height,
+        pdq_quality=reference.pdq_quality,
+        source=reference.source,
+        created_at=reference.created_at,
+    )
+
+
+def _fields(body: AssetIn) -> catalogue.AssetFields:
+    thresholds = {k: v for k, v in body.thresholds.model_dump().items() if v is not None}
+    return catalogue.AssetFields(
+        name=body.name,
+        kind=body.kind,
+        owner=body.owner,
+        aliases=tuple(body.aliases),
+        description=body.description,
+        risk=body.risk,
+        thresholds=tuple(thresholds.items()),
+    )
+
+
+async def read_image_upload(file: UploadFile, field: str = "file") -> bytes:
+    if file.content_type not in IMAGE_TYPES:
+        raise InvalidInputError(
+            f"content type {file.content_type!r} is not accepted; send one of "
+            f"{', '.join(IMAGE_TYPES)}",
+            field=field,
+        )
+    data = await file.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidInputError(f"the file is over {MAX_IMAGE_BYTES // 2**20} MiB", field=field)
+    return data
+
+
+@router.get("/v1/assets", response_model=Page[AssetOut], responses=ERRORS)
+def list_assets(
+    principal: PrincipalDep,
+    session: ReadSessionDep,
+    kind: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Page[AssetOut]:
+    assets, total = catalogue.list_assets(session=session, kind=kind, offset=offset, limit=limit)
+    return Page[AssetOut](
+        items=[asset_out(a) for a in assets], total=total, offset=offset, limit=limit
+    )
+
+
+@router.post("/v1/assets", status_code=201, response_model=AssetOut, responses=ERRORS)
+def create_asset(body: AssetCreate, principal: PrincipalDep) -> AssetOut:
+    principal.require(*EDITORS)
+    with session_scope() as session:
+        asset, _ = catalogue.save_asset(
+            session=session,
+            asset_id=body.id,
+            fields=_fields(body),
+            actor=principal.actor,
+            create_only=True,
+        )
+        return asset_out(asset)
+
+
+@router.get("/v1/assets/{asset_id}", response_model=AssetOut, responses=ERRORS)
+def get_asset(asset_id: str, principal: PrincipalDep, session: ReadSessionDep) -> AssetOut:
+    return asset_out(catalogue.get_asset(session=session, asset_id=asset_id))
+
+
+@router.put("/v1/assets/{asset_id}", response_model=AssetOut, responses=ERRORS)
+def update_asset(
+    asset_id: str, body: AssetIn, principal: PrincipalDep, settings: SettingsDep
+) -> AssetOut:
+    """Replace an asset's fields; its exemplars stay. The text side of the index follows."""
+    principal.require(*EDITORS)
+    with session_scope() as session:
+        catalogue.get_asset(session=session, asset_id=asset_id)
+        asset, _ = catalogue.save_asset(
+            session=session, asset_id=asset_id, fields=_fields(body), actor=principal.actor
+        )
+        _reindex(session, settings, principal.actor, added=[])
+        return asset_out(asset)
+
+
+@router.delete("/v1/assets/{asset_id}", status_code=204, responses=ERRORS)
+def delete_asset(asset_id: str, principal: PrincipalDep, settings: SettingsDep) -> Response:
+    principal.require(*EDITORS)
+    with session_scope() as session:
+        removed = catalogue.delete_asset(session=session, asset_id=asset_id, actor=principal.actor)
+        session.flush()
+        if removed:
+            _rebuild(session, settings, principal.actor)
+        else:
+            _reindex(session, settings, principal.actor, added=[])
+    return Response(status_code=204)
+
+
+@router.get("/v1/assets/{asset_id}/exemplars", response_model=list[ExemplarOut], responses=ERRORS)
+def list_exemplars(
+    asset_id: str, principal: PrincipalDep, session: ReadSessionDep
+) -> list[ExemplarOut]:
+    asset = catalogue.get_asset(session=session, asset_id=asset_id)
+    return [exemplar_out(r) for r in sorted(asset.references, key=lambda r: r.created_at)]
+
+
+@router.post(
+    "/v1/assets/{asset_id}/exemplars", status_code=201, response_model=ExemplarOut, responses=ERRORS
+)
+async def add_exemplar(
+    asset_id: str,
+    file: UploadFile,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    polarity: Annotated[Literal["positive", "negative"], Form()] = "positive",
+) -> ExemplarOut:
+    """An image of the asset, or (polarity "negative") an approved look-alike that must not
+    match it again. It is added to the index at once, without a rebuild."""
+    principal.require(*EDITORS)
+    data = await read_image_upload(file)
+    with session_scope() as session:
+        reference, is_new = catalogue.add_reference_image(
+            session=session,
+            blobs=BlobStore(settings.blob_dir),
+            asset_id=asset_id,
+            data=data,
+            source=file.filename or "upload",
+            actor=principal.actor,
+            polarity=polarity,
+        )
+        if is_new:
+            _reindex(session, settings, principal.actor, added=[reference.id])
+        return exemplar_out(reference)
+
+
+@router.delete("/v1/assets/{asset_id}/exemplars/{exemplar_id}", status_code=204, responses=ERRORS)
+def delete_exemplar(
+    asset_id: str, exemplar_id: str, principal: PrincipalDep, settings: SettingsDep
+) -> Response:
+    principal.require(*EDITORS)
+    with session_scope() as session:
+        catalogue.delete_reference_image(
+            session=session, asset_id=asset_id, reference_id=exemplar_id, actor=principal.actor
+        )
+        session.flush()
+        _rebuild(session, settings, principal.actor)
+    return Response(status_code=204)
+
+
+def _reindex(session: Session, settings: Settings, actor: str, added: list[str]) -> None:
+    """New exemplars (or changed names and descriptions) reach the index in a new version
+    made from the active one."""
+    index_versions.add(
+        session=session,
+        settings=settings,
+        blobs=BlobStore(settings.blob_dir),
+        reference_ids=added,
+        actor=actor,
+    )
+
+
+def _rebuild(session: Session, settings: Settings, actor: str) -> None:
+    """FAISS's HNSW cannot forget a vector: a removal re-embeds the catalogue."""
+    index_versions.build(
+        session=session, settings=settings, blobs=BlobStore(settings.blob_dir), actor=actor
+    )
+
+
+@router.post("/v1/checks", response_model=CheckOut, responses=ERRORS)
+async def check(file: UploadFile, principal: PrincipalDep, settings: SettingsDep) -> CheckOut:
+    """Clear any image, generated here or not: catalogue matches (PDQ, keypoints, CLIP) and
+    NSFW, with a decision approve | review | reject."""
+    image = decode_image(await read_image_upload(file))
+    with read_scope() as session:
+        result = checks.check_image(image, session=session, settings=settings)
+    return CheckOut.model_validate(result.to_dict())
+
+
+@router.get("/v1/index", response_model=IndexOut, responses=ERRORS)
+def index_status(
+    principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep
+) -> IndexOut:
+    return IndexOut(**vars(index_versions.stats(session=session, settings=settings)))

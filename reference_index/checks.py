@@ -1,0 +1,305 @@
+"""Clear one image: PDQ, CLIP (exemplars and zero-shot text) and keypoint matches against
+the protected-asset catalogue, and NSFW detection. The pipeline's image checks, the
+check of an image to edit, `POST /v1/checks` and `clearance check image` all call
+`check_image`.
+
+Fail closed: a matcher that errors is recorded as a fault and the image goes to review;
+it is never approved on the strength of the checks that did run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.images import to_array
+from core.settings import Settings
+from reference_index import index as index_versions
+from reference_index import nsfw, pdq
+from reference_index.embedders import get_embedder
+from reference_index.models import ProtectedAsset, ReferenceImage
+
+log = logging.getLogger(__name__)
+
+DECISIONS = ("approve", "review", "reject")
+_CLIP_NEIGHBOURS = 10
+_TEXT_MATCHES = 5
+
+
+@dataclass(frozen=True)
+class Match:
+    asset_id: str
+    asset_name: str
+    matcher: str  # "pdq" | "keypoints" | "clip_image" | "clip_text"
+    score: float
+    # Strong enough on its own to reject (a copy), or only to ask a person.
+    strength: str  # "review" | "reject"
+    exemplar_id: str | None = None
+    box: list[int] | None = None
+    # False when the matcher is not a real check (the random-weight CLIP stand-in).
+    counted: bool = True
+    detail: str = ""
+
+
+@dataclass
+class CheckResult:
+    decision: str
+    matches: list[Match]
+    nsfw: dict[str, Any] | None
+    embedder: str
+    index_checkpoint: str | None
+    faults: list[dict[str, str]] = field(default_factory=list)
+    suppressed: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "matches": [vars(m) for m in self.matches],
+            "nsfw": self.nsfw,
+            "embedder": self.embedder,
+            "index_checkpoint": self.index_checkpoint,
+            "faults": self.faults,
+            "suppressed": self.suppressed,
+        }
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    match: Match
+    negative: bool
+
+
+def _threshold(asset: ProtectedAsset | None, key: str, default: float) -> float:
+    return float(asset.thresholds.get(key, default)) if asset is not None else default
+
+
+def _pdq_candidates(
+    rgb: np.ndarray, session: Session, settings: Settings, assets: dict[str, ProtectedAsset]
+) -> list[_Candidate]:
+    matching = settings.matching
+    hashed = pdq.compute_array(rgb)
+    if hashed.quality < matching.pdq_min_quality:
+        return []  # a flat image hashes unreliably: PDQ says nothing about it
+    rows = session.execute(
+        select(
+            ReferenceImage.id,
+            ReferenceImage.asset_id,
+            ReferenceImage.polarity,
+            ReferenceImage.pdq_hash,
+        )
+        .where(ReferenceImage.pdq_quality >= matching.pdq_min_quality)
+        .order_by(ReferenceImage.id)
+    ).all()
+    if not rows:
+        return []
+    distances = pdq.distances(hashed.hex, [r.pdq_hash for r in rows])
+    found = []
+    for row, distance in zip(rows, distances, strict=True):
+        asset = assets.get(row.asset_id)
+        if distance > _threshold(asset, "pdq_max_distance", matching.pdq_max_distance):
+            continue
+        found.append(
+            _Candidate(
+                Match(
+                    asset_id=row.asset_id,
+                    asset_name=asset.name if asset else row.asset_id,
+                    matcher="pdq",
+                    score=round(1 - int(distance) / pdq.HASH_BITS, 4),
+                    strength="reject" if distance <= matching.pdq_reject_distance else "review",
+                    exemplar_id=row.id,
+                    detail=f"PDQ distance {int(distance)}",
+                ),
+                row.polarity == "negative",
+            )
+        )
+    return found
+
+
+def _index_candidates(
+    image: Image.Image,
+    rgb: np.ndarray,
+    loaded: index_versions.LoadedIndex,
+    settings: Settings,
+    assets: dict[str, ProtectedAsset],
+    faults: list[dict[str, str]],
+) -> list[_Candidate]:
+    clip = settings.matching.clip
+    embedder = get_embedder(settings)
+    found: list[_Candidate] = []
+
+    def run(matcher: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as e:  # one matcher failing must not hide the others' results
+            log.warning("matcher %s failed: %s", matcher, e, exc_info=True)
+            faults.append({"matcher": matcher, "error": f"{type(e).__name__}: {e}"})
+
+    def clip_matches() -> None:
+        vector = embedder.embed_images([image])
+        for exemplar_id, score in loaded.vectors.search(vector, _CLIP_NEIGHBOURS)[0]:
+            exemplar = loaded.exemplars.get(exemplar_id)
+            if exemplar is None:
+                continue
+            asset = assets.get(exemplar.asset_id)
+            if score < _threshold(asset, "clip_min_image_score", clip.min_image_score):
+                continue
+            found.append(
+                _Candidate(
+                    Match(
+                        asset_id=exemplar.asset_id,
+                        asset_name=asset.name if asset else exemplar.asset_id,
+                        matcher="clip_image",
+                        score=round(score, 4),
+                        strength="reject" if score >= clip.reject_image_score else "review",
+                        exemplar_id=exemplar_id,
+                        counted=embedder.semantic,
+                        detail=f"cosine {score:.3f} to an exemplar ({embedder.name})",
+                    ),
+                    exemplar.polarity == "negative",
+                )
+            )
+        if len(loaded.text_labels):
+            scores = (loaded.text_vectors @ vector[0]).tolist()
+            for asset_id, label, score in zip(
+                loaded.text_assets, loaded.text_labels, scores, strict=True
+            ):
+                asset = assets.get(asset_id)
+                if score >= _threshold(asset, "clip_min_text_score", clip.min_text_score):
+                    found.append(
+                        _Candidate(
+                            Match(
+                                asset_id=asset_id,
+                                asset_name=asset.name if asset else asset_id,
+                                matcher="clip_text",
+                                score=round(score, 4),
+                                strength="review",
+                                counted=embedder.semantic,
+                                detail=f"cosine {score:.3f} to {label!r} ({embedder.name})",
+                            ),
+                            False,
+                        )
+                    )
+
+    def keypoint_matches() -> None:
+        for hit in loaded.keypoints.search(rgb):
+            exemplar = loaded.exemplars.get(hit.exemplar_id)
+            asset = assets.get(hit.asset_id)
+            if hit.inliers < _threshold(
+                asset, "keypoint_min_inliers", settings.matching.keypoint_min_inliers
+            ):
+                continue
+            found.append(
+                _Candidate(
+                    Match(
+                        asset_id=hit.asset_id,
+                        asset_name=asset.name if asset else hit.asset_id,
+                        matcher="keypoints",
+                        score=round(hit.score, 4),
+                        strength="reject"
+                        if hit.inliers >= settings.matching.keypoint_reject_inliers
+                        else "review",
+                        exemplar_id=hit.exemplar_id,
+                        box=list(hit.box),
+                        detail=f"{hit.inliers} inliers of a homography to an exemplar",
+                    ),
+                    exemplar is not None and exemplar.polarity == "negative",
+                )
+            )
+
+    run("clip", clip_matches)
+    run("keypoints", keypoint_matches)
+    return found
+
+
+def _apply_negatives(candidates: list[_Candidate]) -> tuple[list[Match], list[dict[str, Any]]]:
+    """An approved look-alike (negative exemplar) that matches at least as well as the
+    asset's own exemplars, with the same matcher, silences that asset for that matcher."""
+    best_negative: dict[tuple[str, str], float] = {}
+    for c in candidates:
+        if c.negative:
+            key = (c.match.asset_id, c.match.matcher)
+            best_negative[key] = max(best_negative.get(key, -1.0), c.match.score)
+    kept, suppressed = [], []
+    for c in candidates:
+        if c.negative:
+            continue
+        negative = best_negative.get((c.match.asset_id, c.match.matcher))
+        if negative is not None and negative >= c.match.score:
+            suppressed.append(
+                {
+                    "asset_id": c.match.asset_id,
+                    "matcher": c.match.matcher,
+                    "score": c.match.score,
+                    "negative_score": negative,
+                }
+            )
+        else:
+            kept.append(c.match)
+    # One line per asset and matcher: its best match.
+    best: dict[tuple[str, str], Match] = {}
+    for m in kept:
+        key = (m.asset_id, m.matcher)
+        if key not in best or m.score > best[key].score:
+            best[key] = m
+    return sorted(best.values(), key=lambda m: (-m.counted, -m.score)), suppressed
+
+
+def decide(matches: list[Match], nsfw_decision: str | None, faults: list[dict[str, str]]) -> str:
+    counted = [m for m in matches if m.counted]
+    if any(m.strength == "reject" for m in counted) or nsfw_decision == "reject":
+        return "reject"
+    if counted or faults or nsfw_decision == "review":
+        return "review"
+    return "approve"
+
+
+def check_image(image: Image.Image, *, session: Session, settings: Settings) -> CheckResult:
+    rgb = to_array(image)
+    assets = {a.id: a for a in session.scalars(select(ProtectedAsset))}
+    faults: list[dict[str, str]] = []
+    candidates: list[_Candidate] = []
+    try:
+        candidates += _pdq_candidates(rgb, session, settings, assets)
+    except Exception as e:  # recorded, and the image goes to review
+        log.warning("PDQ check failed: %s", e, exc_info=True)
+        faults.append({"matcher": "pdq", "error": f"{type(e).__name__}: {e}"})
+    checkpoint = None
+    try:
+        loaded = index_versions.load_active(session=session, settings=settings)
+        if loaded is not None:
+            checkpoint = loaded.checkpoint
+            candidates += _index_candidates(image, rgb, loaded, settings, assets, faults)
+        elif session.scalar(select(ReferenceImage.id).limit(1)) is not None:
+            faults.append(
+                {
+                    "matcher": "index",
+                    "error": "exemplars exist but no index is built: run `clearance index build`",
+                }
+            )
+    except Exception as e:
+        log.warning("index unusable: %s", e, exc_info=True)
+        faults.append({"matcher": "index", "error": f"{type(e).__name__}: {e}"})
+    nsfw_result = None
+    try:
+        nsfw_result = nsfw.detect(rgb, settings.matching.nsfw).to_dict()
+    except Exception as e:
+        log.warning("NSFW check failed: %s", e, exc_info=True)
+        faults.append({"matcher": "nsfw", "error": f"{type(e).__name__}: {e}"})
+    matches, suppressed = _apply_negatives(candidates)
+    decision = decide(matches, nsfw_result["decision"] if nsfw_result else None, faults)
+    return CheckResult(
+        decision=decision,
+        matches=matches,
+        nsfw=nsfw_result,
+        embedder=get_embedder(settings).name,
+        index_checkpoint=checkpoint,
+        faults=faults,
+        suppressed=suppressed,
+    )

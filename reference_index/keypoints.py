@@ -1,0 +1,880 @@
+"""Logo and character matching with local features: ORB keypoints, one descriptor index for
+every exemplar, and a RANSAC homography per candidate.
+
+PDQ finds an exemplar that fills the image; this finds one that is small, rotated, seen at an
+angle, partly covered, or printed somewhere inside a larger picture, and says where.
+
+How a search works:
+
+1. ORB features of the query (grayscale; upscaled when tiny, downscaled when huge), picked per
+   cell of a grid at each pyramid level so a small logo keeps its features next to a busy
+   photo.
+2. For each query descriptor, its nearest exemplar descriptors (Hamming) from one faiss binary
+   index over all exemplars: exact while the index is small, an inverted file (IVF) once it is
+   big enough to train one. Exemplars are never compared one at a time.
+3. Each correspondence votes for (exemplar, rotation, scale) from the two keypoints' angles
+   and sizes; a true logo puts many votes in one cell, chance matches scatter. The best cells
+   are candidates.
+4. Per candidate: a RANSAC homography, then checks that it describes a real, whole logo: enough
+   distinct inliers, a high inlier ratio, the exemplar's outline projected to a convex,
+   unmirrored, not collapsed or wildly skewed quad, and inliers that cover a good part of the
+   exemplar (a shared letter or corner is not the logo).
+5. Then the query, warped back into the exemplar's frame, must look like it: its colours must
+   fall into the exemplar's colour regions (_agreement), and its edges must run where the
+   exemplar's do and nowhere else, cell by cell, whatever their colours (_structure). The
+   share of features found (coverage) times the share of agreeing cells must reach
+   min_evidence: a true copy, even a third covered, scores well on both; a look-alike that
+   shares a letter, a ring or a shape scores low on both, and chance alignments in photo
+   texture fail the edge check.
+
+Invariant: a match is only reported when its homography passed every check; a query without
+usable keypoints (blank, tiny, flat) gives no match rather than an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+DESCRIPTOR_BYTES = 32  # ORB: 256-bit binary descriptors
+FORMAT_VERSION = 2
+# Below this many exemplar descriptors an exact search is fast enough and an IVF could not be
+# trained well; at it, the IVF is trained once on what is there and later adds go into its
+# lists without retraining.
+IVF_TRAIN_AT = 50_000
+IVF_TRAIN_SAMPLE_PER_LIST = 64
+# Edge padding so that corners near an image border still get a descriptor (ORB drops points
+# closer to the border than its patch).
+PAD = 32
+# Each exemplar's colour regions, for the appearance check: up to LABELS k-means colour
+# clusters on a LABEL_SIDE x LABEL_SIDE thumbnail; NO_LABEL pads a non-square exemplar.
+LABELS = 4
+LABEL_SIDE = 128
+NO_LABEL = 255
+MIN_CONTRAST = 20.0  # RGB distance between two regions' typical colours
+# The structure check (KeypointIndex._structure): edge orientation fields compared per cell
+# of a STRUCTURE_CELLS x STRUCTURE_CELLS grid over the thumbnail, after smoothing the structure
+# tensor by STRUCTURE_SIGMA thumbnail pixels; STRUCTURE_MARGIN pixels along the exemplar's
+# outline are left out (the query has an edge there, the exemplar's frame does not).
+STRUCTURE_CELLS = 8
+STRUCTURE_SIGMA = 1.5
+STRUCTURE_MARGIN = 4
+ANGLE_BINS = 12  # 30 degrees each
+LOG2_SCALE_BIN = 1.0  # factor 2 per scale bin
+POSES = 64 * 65536  # scale bins x position cells, see KeypointIndex._candidates
+
+Array = npt.NDArray[Any]
+_NO_DESCRIPTORS = np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+
+
+@dataclass(frozen=True)
+class KeypointThresholds:
+    """Tuning of the matcher; the defaults are the ones the benchmark measures."""
+
+    # Exemplars are scaled so their longer side is this, and described over a deep pyramid
+    # (down to 1/7.5 of that) so they match logos several times smaller in a query.
+    exemplar_side: int = 320
+    exemplar_features: int = 500
+    exemplar_levels: int = 10
+    # Queries larger than this (longer side) are scaled down, bounding latency; smaller than
+    # query_min_side are scaled up so a thumbnail still has corners ORB can describe.
+    query_side: int = 1024
+    query_min_side: int = 256
+    query_features: int = 5000
+    query_levels: int = 8
+    # At most this many features per cell of `cell` pixels (scaled with the pyramid level).
+    cell: int = 64
+    per_cell: int = 40
+    fast_threshold: int = 10
+    # Nearest exemplar descriptors per query descriptor; a neighbour counts when it is within
+    # max_hamming bits and within hamming_slack of the nearest one.
+    neighbours: int = 5
+    max_hamming: int = 64
+    hamming_slack: int = 8
+    nprobe: int = 8
+    # Candidates (exemplar, rotation, scale cells) verified per query, and the votes one needs.
+    max_candidates: int = 30
+    min_votes: int = 5
+    ransac_px: float = 4.0
+    # A candidate's seed correspondences need this many inliers of an affine fit (within
+    # seed_px); guided matching then looks for each exemplar feature near where that fit, and
+    # then a homography, put it: finally within guided_px.
+    min_seed_inliers: int = 5
+    seed_px: float = 6.0
+    guided_px: float = 8.0
+    # A match needs this many inliers (at distinct positions) after guided matching, making up
+    # this share of the exemplar features the query could show.
+    min_inliers: int = 12
+    min_coverage: float = 0.1
+    # ... and the exemplar's colour regions must explain this share of the colour variance of
+    # the query where the homography puts the exemplar (see KeypointIndex._agreement).
+    min_agreement: float = 0.6
+    # ... and the query must show the exemplar's edges (see KeypointIndex._structure): this
+    # share of the cells with edges in either must agree, the query must show this share of
+    # the exemplar's edges, and coverage x structure (two independent kinds of evidence: the
+    # features and the edges between them) must reach min_evidence.
+    min_structure: float = 0.25
+    min_shown: float = 0.5
+    min_evidence: float = 0.1
+    # The projected outline: smallest side (query pixels), smallest corner angle (degrees),
+    # largest ratio between opposite sides.
+    min_side_px: float = 12.0
+    min_corner_deg: float = 30.0
+    max_side_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class KeypointMatch:
+    asset_id: str
+    exemplar_id: str
+    inliers: int
+    score: float  # 0..1, grows with the inlier count and with the inlier ratio
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the query image's pixels
+
+
+@dataclass
+class _Features:
+    geometry: Array  # (n, 4) float32: x, y, angle (degrees), size, in the image's own pixels
+    descriptors: Array  # (n, 32) uint8
+
+
+@dataclass
+class _Query:
+    features: _Features  # in the working frame: the query scaled by `scale`
+    scale: float
+    colour: Array  # (h, w, 3) uint8, the query in the working frame
+    shape: tuple[int, int]  # the query's own height, width
+    pyramid: dict[int, Array] = field(default_factory=dict)  # see shrunk
+
+    def shrunk(self, factor: float) -> tuple[Array, float]:
+        """The colour image shrunk by about `factor` (< 1, never more than asked, in steps of
+        sqrt(2)), cached: one query's candidates share a few sizes. (image, its factor)."""
+        step = int(np.floor(-2 * np.log2(factor)))
+        actual = float(2.0 ** (-step / 2))
+        if step not in self.pyramid:
+            self.pyramid[step] = cv2.resize(
+                self.colour, None, fx=actual, fy=actual, interpolation=cv2.INTER_AREA
+            )
+        return self.pyramid[step], actual
+
+
+def _rgb(rgb: np.ndarray) -> Array:
+    array = np.asarray(rgb)
+    if array.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 image, got dtype {array.dtype}")
+    if array.ndim == 2:
+        return np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return np.ascontiguousarray(array[..., :3])
+    raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {array.shape}")
+
+
+def _gray(rgb: np.ndarray) -> Array:
+    array = np.asarray(rgb)
+    if array.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 image, got dtype {array.dtype}")
+    if array.ndim == 2:
+        return np.ascontiguousarray(array)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        gray: Array = cv2.cvtColor(np.ascontiguousarray(array[..., :3]), cv2.COLOR_RGB2GRAY)
+        return gray
+    raise ValueError(f"expected an HxW or HxWx3 image, got shape {array.shape}")
+
+
+def _orb(features: int, levels: int, fast_threshold: int, scale: float) -> Any:
+    return cv2.ORB.create(
+        nfeatures=features,
+        scaleFactor=scale,
+        nlevels=levels,
+        edgeThreshold=15,
+        patchSize=31,
+        fastThreshold=fast_threshold,
+    )
+
+
+def _describe(orb: Any, gray: Array, keypoints: Any) -> _Features | None:
+    keypoints, descriptors = orb.compute(gray, keypoints)
+    if descriptors is None or not len(keypoints):
+        return None
+    geometry = np.array(
+        [(k.pt[0] - PAD, k.pt[1] - PAD, k.angle, k.size) for k in keypoints], dtype=np.float32
+    )
+    return _Features(geometry, descriptors)
+
+
+def _padded(gray: Array) -> Array:
+    padded: Array = cv2.copyMakeBorder(gray, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
+    return padded
+
+
+def _spread(keypoints: Any, cell: int, per_cell: int, limit: int, scale: float) -> list[Any]:
+    """The strongest `per_cell` keypoints of each grid cell at each pyramid level, then the
+    strongest `limit` of those: a busy texture cannot crowd out a small logo elsewhere."""
+    if not keypoints:
+        return []
+    data = np.array([(k.pt[0], k.pt[1], k.response, k.octave) for k in keypoints])
+    size = cell * scale ** data[:, 3]
+    cells = np.stack([data[:, 3], np.floor(data[:, 0] / size), np.floor(data[:, 1] / size)], axis=1)
+    _, cell_of = np.unique(cells, axis=0, return_inverse=True)
+    order = np.lexsort((-data[:, 2], cell_of.ravel()))
+    sorted_cells = cell_of.ravel()[order]
+    starts = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    kept = order[rank < per_cell]
+    kept = kept[np.argsort(-data[kept, 2], kind="stable")][:limit]
+    return [keypoints[i] for i in kept]
+
+
+def _outline_ok(quad: Array, t: KeypointThresholds) -> bool:
+    """Convex, counter-clockwise as the exemplar's corners are (a mirror image is not the
+    logo), no side too short, no corner too sharp, opposite sides of similar length."""
+    edges = np.roll(quad, -1, axis=0) - quad
+    cross = (
+        edges[:, 0] * np.roll(edges, -1, axis=0)[:, 1]
+        - edges[:, 1] * np.roll(edges, -1, axis=0)[:, 0]
+    )
+    if not (cross > 0).all():
+        return False
+    lengths = np.linalg.norm(edges, axis=1)
+    if lengths.min() < t.min_side_px:
+        return False
+    if max(lengths[0] / lengths[2], lengths[2] / lengths[0]) > t.max_side_ratio:
+        return False
+    if max(lengths[1] / lengths[3], lengths[3] / lengths[1]) > t.max_side_ratio:
+        return False
+    incoming = -np.roll(edges, 1, axis=0)
+    cosines = (edges * incoming).sum(axis=1) / (lengths * np.roll(lengths, 1))
+    angles = np.degrees(np.arccos(np.clip(cosines, -1, 1)))
+    return bool(angles.min() >= t.min_corner_deg)
+
+
+def _colour_regions(rgb: Array, size: tuple[float, float]) -> Array:
+    """(LABEL_SIDE, LABEL_SIDE) uint8: the exemplar's colour cluster at each thumbnail pixel,
+    NO_LABEL on region boundaries and where the (non-square) exemplar does not reach.
+    Deterministic k-means on a quarter-size copy: the centres start at the colours farthest
+    from those already picked."""
+    w, h = size
+    fit = LABEL_SIDE / max(w, h)
+    tw, th = max(1, round(w * fit)), max(1, round(h * fit))
+    thumbnail = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA).reshape(-1, 3)
+    pixels = thumbnail.astype(np.float64)
+    sample = cv2.resize(rgb, (max(1, tw // 2), max(1, th // 2)), interpolation=cv2.INTER_AREA)
+    sample = sample.reshape(-1, 3).astype(np.float64)
+    centres = [sample.mean(axis=0)]
+    for _ in range(LABELS - 1):
+        nearest = np.min([((sample - c) ** 2).sum(axis=1) for c in centres], axis=0)
+        centres.append(sample[int(nearest.argmax())])
+    centre = np.array(centres)
+    for _ in range(10):
+        assigned = ((sample[:, None] - centre[None]) ** 2).sum(axis=2).argmin(axis=1)
+        for k in range(LABELS):
+            if (assigned == k).any():
+                centre[k] = sample[assigned == k].mean(axis=0)
+    # Clusters of one colour (k-means splits a two-colour logo into four) become one.
+    counts = np.bincount(assigned, minlength=LABELS)
+    distinct: list[Array] = []
+    for c in centre[np.argsort(-counts, kind="stable")]:
+        if all(np.linalg.norm(c - d) >= MIN_CONTRAST * 2 for d in distinct):
+            distinct.append(c)
+    merged = np.array(distinct)
+    labels = np.full((LABEL_SIDE, LABEL_SIDE), NO_LABEL, dtype=np.uint8)
+    nearest_centre = ((pixels[:, None] - merged[None]) ** 2).sum(axis=2).argmin(axis=1)
+    labels[:th, :tw] = nearest_centre.reshape(th, tw)
+    # Only pixels inside a region: those on a boundary are mixtures of two colours in any
+    # resampled copy, and where a homography is a pixel off they would disagree.
+    square = np.ones((3, 3), np.uint8)
+    boundary = cv2.dilate(labels, square) != cv2.erode(labels, square)
+    labels[boundary] = NO_LABEL
+    return labels
+
+
+def _thumbnail(rgb: Array, size: tuple[float, float]) -> Array:
+    """(LABEL_SIDE, LABEL_SIDE, 3) uint8: the exemplar placed as in _colour_regions, the rest
+    filled by repeating its edge pixels (no edge where it ends)."""
+    w, h = size
+    fit = LABEL_SIDE / max(w, h)
+    tw, th = max(1, round(w * fit)), max(1, round(h * fit))
+    small = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)
+    thumbnail: Array = cv2.copyMakeBorder(
+        small, 0, LABEL_SIDE - th, 0, LABEL_SIDE - tw, cv2.BORDER_REPLICATE
+    )
+    return thumbnail
+
+
+def _orientation(rgb: Array) -> Array:
+    """(s, s, 2) float32: where and which way the edges of a colour image run, whatever their
+    polarity or hue: the doubled-angle vector (Jxx - Jyy, 2 Jxy) of the smoothed colour
+    structure tensor, scaled so its length grows with the contrast (not its square). An edge
+    between two colours of equal brightness counts; a dark-on-light edge and the same edge
+    light-on-dark, or red-on-blue and green-on-yellow, give the same vector."""
+    image = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 1.0)
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3)
+    a = (gx * gx - gy * gy).sum(axis=2)
+    b = 2 * (gx * gy).sum(axis=2)
+    a = cv2.GaussianBlur(a, (0, 0), STRUCTURE_SIGMA)
+    b = cv2.GaussianBlur(b, (0, 0), STRUCTURE_SIGMA)
+    field_ = np.stack([a, b], axis=2)
+    length = np.sqrt(np.sqrt(a * a + b * b)) + 1e-3
+    oriented: Array = field_ / length[:, :, None]
+    return oriented
+
+
+def _near(points: Array, targets: Array, radius: float) -> tuple[Array, Array]:
+    """Index pairs (i, j) with points[i] within `radius` of targets[j] in both coordinates,
+    from a grid of `radius`-sized buckets: only the 3 x 3 buckets around each target are
+    compared, not every point with every target."""
+    cell = max(float(radius), 1.0)
+    stride = 1 << 20
+
+    def keys(xy: Array, dx: int = 0, dy: int = 0) -> Array:
+        grid = np.floor(xy / cell).astype(np.int64)
+        key: Array = (grid[:, 0] + dx) * stride + (grid[:, 1] + dy)
+        return key
+
+    order = np.argsort(keys(points), kind="stable")
+    sorted_keys = keys(points)[order]
+    found_i: list[Array] = []
+    found_j: list[Array] = []
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            wanted = keys(targets, dx, dy)
+            start = np.searchsorted(sorted_keys, wanted, "left")
+            count = np.searchsorted(sorted_keys, wanted, "right") - start
+            total = int(count.sum())
+            if not total:
+                continue
+            within = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+            found_i.append(order[np.repeat(start, count) + within])
+            found_j.append(np.repeat(np.arange(len(targets)), count))
+    if not found_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    i, j = np.concatenate(found_i), np.concatenate(found_j)
+    close = np.abs(points[i] - targets[j]).max(axis=1) <= radius
+    return i[close], j[close]
+
+
+def _distinct(source: Array, target: Array) -> int:
+    """Correspondences at distinct places: ORB finds one corner at several pyramid levels,
+    and one point matched many times is one piece of evidence."""
+    return min(
+        len(np.unique(np.round(source / 2), axis=0)), len(np.unique(np.round(target / 2), axis=0))
+    )
+
+
+class KeypointIndex:
+    """ORB features of every exemplar in one faiss binary index, searched with geometric
+    verification. Not safe for an `add` concurrent with a `search`; searches may run
+    concurrently."""
+
+    def __init__(self, **thresholds: Any) -> None:
+        names = {f.name for f in fields(KeypointThresholds)}
+        unknown = sorted(set(thresholds) - names)
+        if unknown:
+            raise TypeError(f"unknown thresholds {unknown}; valid: {sorted(names)}")
+        self.thresholds = KeypointThresholds(**thresholds)
+        t = self.thresholds
+        self._exemplar_orb = _orb(t.exemplar_features, t.exemplar_levels, t.fast_threshold, 1.25)
+        # Detection keeps every corner over the threshold; `_spread` then picks the features.
+        self._query_orb = _orb(t.query_features * 8, t.query_levels, t.fast_threshold, 1.2)
+        self._exemplar_ids: list[str] = []
+        self._asset_ids: list[str] = []
+        self._sizes: list[tuple[float, float]] = []  # (w, h) after scaling to exemplar_side
+        self._labels: list[Array] = []  # colour regions, see _colour_regions
+        self._thumbnails: list[Array] = []  # colour thumbnails, see _thumbnail
+        self._chunks: list[tuple[Array, Array, Array]] = []  # descriptors, geometry, owner
+        self._joined: tuple[Array, Array, Array] | None = None
+        self._index: Any = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
+
+    def __len__(self) -> int:
+        return len(self._exemplar_ids)
+
+    @classmethod
+    def build(
+        cls, exemplars: Iterable[tuple[str, str, np.ndarray]], **thresholds: Any
+    ) -> KeypointIndex:
+        """An index of (exemplar_id, asset_id, RGB image) triples. The descriptor index is
+        built once, for all of them."""
+        index = cls(**thresholds)
+        for exemplar_id, asset_id, rgb in exemplars:
+            index._append(exemplar_id, asset_id, rgb)
+        index._index_descriptors(index._joined_arrays()[0])
+        return index
+
+    def add(self, exemplar_id: str, asset_id: str, rgb: np.ndarray) -> None:
+        """Adds one exemplar; its descriptors go into the existing descriptor index."""
+        self._index_descriptors(self._append(exemplar_id, asset_id, rgb))
+
+    def _append(self, exemplar_id: str, asset_id: str, rgb: np.ndarray) -> Array:
+        """Describes an exemplar and records it; returns its descriptors (none when flat)."""
+        t = self.thresholds
+        gray = _gray(rgb)
+        h, w = gray.shape
+        scale = t.exemplar_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        shrink = scale < 1
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+        padded = _padded(gray)
+        features = _describe(self._exemplar_orb, padded, self._exemplar_orb.detect(padded, None))
+        row = len(self._exemplar_ids)
+        self._exemplar_ids.append(exemplar_id)
+        self._asset_ids.append(asset_id)
+        self._sizes.append((float(size[0]), float(size[1])))
+        self._labels.append(_colour_regions(_rgb(rgb), self._sizes[-1]))
+        self._thumbnails.append(_thumbnail(_rgb(rgb), self._sizes[-1]))
+        if features is None:  # a flat exemplar: recorded, but nothing can match it
+            return _NO_DESCRIPTORS
+        owner = np.full(len(features.descriptors), row, dtype=np.int32)
+        self._chunks.append((features.descriptors, features.geometry, owner))
+        self._joined = None
+        return features.descriptors
+
+    def _joined_arrays(self) -> tuple[Array, Array, Array]:
+        """Descriptors, geometry and owning exemplar row of every exemplar feature, in the
+        order of the faiss index's ids."""
+        if self._joined is None:
+            self._joined = (
+                np.concatenate([c[0] for c in self._chunks] or [_NO_DESCRIPTORS]),
+                np.concatenate([c[1] for c in self._chunks] or [np.zeros((0, 4), np.float32)]),
+                np.concatenate([c[2] for c in self._chunks] or [np.zeros(0, np.int32)]),
+            )
+            self._chunks = [self._joined] if self._chunks else []
+        return self._joined
+
+    def _index_descriptors(self, new: Array) -> None:
+        """Adds `new` (the newest descriptors) to the faiss index. The first time the total
+        reaches IVF_TRAIN_AT, the exact index is replaced by an IVF trained once on all of
+        them; later adds only assign to its lists."""
+        if not len(new):
+            return
+        total = self._index.ntotal + len(new)
+        if not isinstance(self._index, faiss.IndexBinaryFlat) or total < IVF_TRAIN_AT:
+            self._index.add(new)
+            return
+        everything = self._joined_arrays()[0]
+        # About 2 * sqrt(n) lists, a power of two: short lists, few of them to probe.
+        lists = int(2 ** round(np.log2(2 * np.sqrt(total))))
+        ivf = faiss.IndexBinaryIVF(
+            faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8), DESCRIPTOR_BYTES * 8, lists
+        )
+        sample = np.random.default_rng(0).permutation(total)[: lists * IVF_TRAIN_SAMPLE_PER_LIST]
+        ivf.train(everything[np.sort(sample)])
+        ivf.add(everything)
+        self._index = ivf
+
+    def _query(self, rgb: np.ndarray) -> _Query | None:
+        """The query's features in a working frame: scaled down when huge (latency), up when
+        tiny (so a thumbnail still has corners ORB can describe). None when it has none."""
+        t = self.thresholds
+        colour = _rgb(rgb)
+        height, width = colour.shape[:2]
+        if min(height, width) < 8:
+            return None
+        scale = 1.0
+        if max(height, width) > t.query_side:
+            scale = t.query_side / max(height, width)
+        elif max(height, width) < t.query_min_side:
+            scale = t.query_min_side / max(height, width)
+        if scale != 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+            colour = cv2.resize(colour, size, interpolation=interpolation)
+        padded = _padded(_gray(colour))
+        keypoints = _spread(
+            self._query_orb.detect(padded, None), t.cell, t.per_cell, t.query_features, 1.2
+        )
+        features = _describe(self._query_orb, padded, keypoints) if keypoints else None
+        if features is None:
+            return None
+        return _Query(features, scale, colour, (height, width))
+
+    def search(self, rgb: np.ndarray) -> list[KeypointMatch]:
+        """The best verified match of each asset found in `rgb` (HxW, HxWx3 or HxWx4 uint8),
+        best first; [] when nothing passes."""
+        if self._index.ntotal == 0:
+            return []
+        query = self._query(rgb)
+        if query is None:
+            return []
+        t = self.thresholds
+        if isinstance(self._index, faiss.IndexBinaryIVF):
+            self._index.nprobe = t.nprobe
+        distances, ids = self._index.search(query.features.descriptors, t.neighbours)
+        keep = (
+            (ids >= 0)
+            & (distances <= t.max_hamming)
+            & (distances <= distances[:, :1] + t.hamming_slack)
+        )
+        query_rows = np.nonzero(keep)[0]
+        _, geometry, owner = self._joined_arrays()
+        exemplar_rows = ids[keep]
+        found: dict[str, KeypointMatch] = {}
+        for exemplar, pairs in self._candidates(
+            query.features.geometry[query_rows], geometry[exemplar_rows], owner[exemplar_rows]
+        ):
+            seeds = (
+                geometry[exemplar_rows[pairs], :2],
+                query.features.geometry[query_rows[pairs], :2],
+            )
+            match = self._verify(exemplar, seeds, query)
+            if match is None:
+                continue
+            best = found.get(match.asset_id)
+            if best is None or match.score > best.score:
+                found[match.asset_id] = match
+        return sorted(found.values(), key=lambda m: (-m.score, -m.inliers))
+
+    def _candidates(self, query: Array, exemplar: Array, owner: Array) -> list[tuple[int, Array]]:
+        """(exemplar row, indices of its correspondences) for the exemplars with the most
+        correspondences agreeing on one pose, best first, one pose each (Lowe's Hough voting).
+
+        Each correspondence (query and exemplar keypoint geometry, owning exemplar) predicts a
+        rotation, a scale and where the exemplar's centre lands in the query, and votes for
+        the two nearest rotation bins and the two nearest scale bins, so a pose on a bin edge
+        is not split in two. A logo shown in the query puts many votes in one cell; chance
+        matches, even many into one exemplar, scatter."""
+        t = self.thresholds
+        if not len(owner):
+            return []
+        turn = np.radians(query[:, 2] - exemplar[:, 2])
+        ratio = query[:, 3] / exemplar[:, 3]
+        sizes = np.asarray(self._sizes, dtype=np.float32)[owner]
+        offset = sizes / 2 - exemplar[:, :2]
+        cos, sin = np.cos(turn), np.sin(turn)
+        centre_x = query[:, 0] + ratio * (cos * offset[:, 0] - sin * offset[:, 1])
+        centre_y = query[:, 1] + ratio * (sin * offset[:, 0] + cos * offset[:, 1])
+        angle_bins = _two_nearest(np.mod(np.degrees(turn), 360.0) / (360.0 / ANGLE_BINS))
+        angle_bins %= ANGLE_BINS
+        scale_bins = np.clip(_two_nearest(np.log2(ratio) / LOG2_SCALE_BIN), -31, 31)
+        # Position cells half the exemplar's longer side at the cell's scale.
+        width = t.exemplar_side * 2.0 ** (scale_bins * LOG2_SCALE_BIN) / 2
+        x_bins = np.clip(np.floor(centre_x[:, None] / width), -127, 127).astype(np.int64)
+        y_bins = np.clip(np.floor(centre_y[:, None] / width), -127, 127).astype(np.int64)
+        pose = (scale_bins + 32) * 65536 + (x_bins + 128) * 256 + (y_bins + 128)  # (n, 2)
+        keys = (
+            (owner.astype(np.int64)[:, None, None] * ANGLE_BINS + angle_bins[:, :, None]) * POSES
+            + pose[:, None, :]
+        ).reshape(len(owner), 4)
+        unique, counts = np.unique(keys, return_counts=True)
+        candidates: list[tuple[int, Array]] = []
+        seen: set[int] = set()
+        for cell in np.argsort(-counts, kind="stable"):
+            if counts[cell] < t.min_votes or len(candidates) >= t.max_candidates:
+                break
+            row, rest = divmod(int(unique[cell]), ANGLE_BINS * POSES)
+            if row in seen:
+                continue
+            seen.add(row)
+            angle_bin, rest = divmod(rest, POSES)
+            scale_bin, rest = divmod(rest, 65536)
+            x_bin, y_bin = divmod(rest, 256)
+            # The cell's correspondences and those in the neighbouring position cells.
+            near = (
+                (angle_bins[:, :, None] == angle_bin)
+                & (scale_bins[:, None, :] + 32 == scale_bin)
+                & (np.abs(x_bins[:, None, :] + 128 - x_bin) <= 1)
+                & (np.abs(y_bins[:, None, :] + 128 - y_bin) <= 1)
+            ).any(axis=(1, 2)) & (owner == row)
+            candidates.append((row, np.flatnonzero(near)))
+        return candidates
+
+    def _verify(self, row: int, seeds: tuple[Array, Array], query: _Query) -> KeypointMatch | None:
+        """A match if the exemplar in `row` is really in the query, else None.
+
+        The seed correspondences (exemplar points, query points in the working frame) are the
+        distinctive ones the descriptor index found. An affine fit to them (robust where a
+        homography from few, clustered points is not) predicts roughly where every other
+        feature of the exemplar should be; matching those near their predicted place (guided
+        matching) recovers the plain corners and edges that look alike in many logos. A
+        homography from those, and a second, tighter guided pass, give the final homography.
+        Then the exemplar's colour regions must explain the query's colours where it puts
+        the exemplar: a shared letter or ring with something else around it is not the logo."""
+        t = self.thresholds
+        source, target = seeds
+        if len(source) < 3:
+            return None
+        affine, mask = cv2.estimateAffine2D(
+            source, target, method=cv2.RANSAC, ransacReprojThreshold=t.seed_px
+        )
+        if affine is None:
+            return None
+        seed_inliers = mask.ravel().astype(bool)
+        if _distinct(source[seed_inliers], target[seed_inliers]) < t.min_seed_inliers:
+            return None
+        w, h = self._sizes[row]
+        corners = np.array([[[0, 0], [w, 0], [w, h], [0, h]]], dtype=np.float64)
+        homography = np.vstack([affine, [0, 0, 1]])
+        quad = cv2.perspectiveTransform(corners, homography)[0]
+        if not _outline_ok(quad, t):
+            return None
+        # The affine guess is loose for a tilted logo: search a radius that grows with it.
+        radius = max(t.guided_px, 0.08 * np.ptp(quad, axis=0).max())
+        inliers = 0
+        expected = 0
+        for search_radius in (radius, t.guided_px):
+            exemplar, pairs, expected = self._guided_pairs(row, homography, query, search_radius)
+            if len(pairs) < t.min_inliers:
+                return None
+            source = exemplar.geometry[pairs[:, 0], :2]
+            target = query.features.geometry[pairs[:, 1], :2]
+            found, mask = cv2.findHomography(
+                source, target, cv2.RANSAC, t.ransac_px, maxIters=1000, confidence=0.995
+            )
+            if found is None:
+                return None
+            homography = found
+            inlier = mask.ravel().astype(bool)
+            inliers = _distinct(source[inlier], target[inlier])
+            quad = cv2.perspectiveTransform(corners, homography)[0]
+            if inliers < t.min_inliers or not _outline_ok(quad, t):
+                return None
+        coverage = inliers / max(expected, 1)
+        if coverage < t.min_coverage:
+            return None
+        warped, inside = self._warp(row, homography, query)
+        if self._agreement(row, warped, inside) < t.min_agreement:
+            return None
+        structure, shown = self._structure(row, warped, inside)
+        if structure < t.min_structure or shown < t.min_shown:
+            return None
+        if coverage * structure < t.min_evidence:
+            return None
+        quad = quad / query.scale
+        height, width = query.shape
+        x0, y0 = np.clip(np.floor(quad.min(axis=0)), 0, [width, height]).astype(int)
+        x1, y1 = np.clip(np.ceil(quad.max(axis=0)), 0, [width, height]).astype(int)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        score = (1 - np.exp(-inliers / 25)) * np.sqrt(min(1.0, coverage) * structure)
+        return KeypointMatch(
+            asset_id=self._asset_ids[row],
+            exemplar_id=self._exemplar_ids[row],
+            inliers=inliers,
+            score=round(float(score), 4),
+            box=(int(x0), int(y0), int(x1), int(y1)),
+        )
+
+    def _guided_pairs(
+        self, row: int, homography: Array, query: _Query, radius: float
+    ) -> tuple[_Features, Array, int]:
+        """(the exemplar's features, (n, 2) pairs of exemplar and query feature indices, how
+        many distinct exemplar features the query could show). An exemplar feature is
+        expected when it projects inside the query at a size ORB detects there; it pairs with
+        the query feature nearest in descriptor among those within `radius` of where it
+        projects, at a compatible rotation and scale."""
+        t = self.thresholds
+        descriptors, geometry, owner = self._joined_arrays()
+        start, stop = np.searchsorted(owner, [row, row + 1])
+        exemplar = _Features(geometry[start:stop], descriptors[start:stop])
+        found = query.features
+        points = exemplar.geometry[:, :2].astype(np.float64)
+        # The homography's local scale and rotation at each point, from its Jacobian.
+        at = cv2.perspectiveTransform(points[None], homography)[0]
+        dx = cv2.perspectiveTransform((points + np.array([1, 0]))[None], homography)[0] - at
+        dy = cv2.perspectiveTransform((points + np.array([0, 1]))[None], homography)[0] - at
+        local_scale = np.sqrt(np.abs(dx[:, 0] * dy[:, 1] - dx[:, 1] * dy[:, 0]))
+        rotation = np.degrees(np.arctan2(dx[:, 1], dx[:, 0]))
+        size = exemplar.geometry[:, 3] * local_scale
+        height, width = query.colour.shape[:2]
+        expected = (
+            (size >= found.geometry[:, 3].min() * 0.8)
+            & (size <= found.geometry[:, 3].max() * 1.25)
+            & (at[:, 0] >= 0)
+            & (at[:, 1] >= 0)
+            & (at[:, 0] < width)
+            & (at[:, 1] < height)
+        )
+        rows = np.flatnonzero(expected)
+        if not len(rows):
+            return exemplar, np.zeros((0, 2), np.int64), 0
+        n_expected = len(np.unique(np.round(points[rows] / 2), axis=0))
+        q_index, e_index = _near(found.geometry[:, :2], at[rows], radius)
+        e_rows = rows[e_index]
+        turn = found.geometry[q_index, 2] - exemplar.geometry[e_rows, 2] - rotation[e_rows]
+        turn = np.mod(turn + 180, 360) - 180
+        ratio = np.log2(found.geometry[q_index, 3] / size[e_rows])
+        differing = np.bitwise_xor(found.descriptors[q_index], exemplar.descriptors[e_rows])
+        hamming = np.unpackbits(differing, axis=1).sum(axis=1)
+        ok = (np.abs(turn) <= 30) & (np.abs(ratio) <= 0.8) & (hamming <= t.max_hamming)
+        q_index, e_rows, hamming = q_index[ok], e_rows[ok], hamming[ok]
+        if not len(e_rows):
+            return exemplar, np.zeros((0, 2), np.int64), n_expected
+        # The best query feature for each exemplar feature.
+        order = np.lexsort((hamming, e_rows))
+        first = np.r_[True, e_rows[order][1:] != e_rows[order][:-1]]
+        best = order[first]
+        return exemplar, np.stack([e_rows[best], q_index[best]], axis=1), n_expected
+
+    def _warp(self, row: int, homography: Array, query: _Query) -> tuple[Array, Array]:
+        """The query where the homography puts exemplar `row`, resampled into the exemplar's
+        (LABEL_SIDE, LABEL_SIDE) thumbnail frame: (colour (s, s, 3) uint8, inside (s, s) bool,
+        where the query reaches)."""
+        w, h = self._sizes[row]
+        fit = LABEL_SIDE / max(w, h)
+        # Query pixels -> label pixels, after shrinking the query near the label map's size
+        # so the warp averages rather than skips pixels.
+        to_labels = np.diag([fit, fit, 1.0]) @ np.linalg.inv(homography)
+        corners = np.array([[[0, 0], [w, 0], [w, h], [0, h]]], np.float64)
+        extent = np.ptp(cv2.perspectiveTransform(corners, homography)[0], axis=0).max()
+        shrink = min(1.0, 2.0 * LABEL_SIDE / max(extent, 1.0))
+        colour = query.colour
+        if shrink < 0.9:
+            colour, shrink = query.shrunk(shrink)
+            to_labels = to_labels @ np.diag([1 / shrink, 1 / shrink, 1.0])
+        size = (LABEL_SIDE, LABEL_SIDE)
+        warped = cv2.warpPerspective(colour, to_labels, size, flags=cv2.INTER_LINEAR)
+        shown = np.full(colour.shape[:2], 255, np.uint8)
+        inside = cv2.warpPerspective(shown, to_labels, size, flags=cv2.INTER_NEAREST) == 255
+        return warped, inside
+
+    def _structure(self, row: int, warped: Array, inside: Array) -> tuple[float, float]:
+        """Whether the query has the exemplar's edges where the homography puts them, and no
+        others, whatever their colours: (agreeing, shown), both 0..1. Over a grid of cells on
+        the exemplar, a cell counts when the exemplar or the query has edges there (a tenth
+        of the exemplar's strongest cell), and agrees when the cosine between the two edge
+        orientation fields (see _orientation) there is at least 0.5. `agreeing` is the share
+        of the counted cells the query shows that agree, `shown` the share of the exemplar's
+        edge energy in cells the query shows. A copy, even recoloured, noisy or tilted,
+        agrees nearly everywhere it is not covered; a look-alike sharing a letter or a shape
+        agrees only there, and a texture's edges run every which way."""
+        w, h = self._sizes[row]
+        fit = LABEL_SIDE / max(w, h)
+        tw, th = max(1, round(w * fit)), max(1, round(h * fit))
+        m = STRUCTURE_MARGIN
+        extent = np.zeros((LABEL_SIDE, LABEL_SIDE), np.float32)
+        extent[m : th - m, m : tw - m] = 1
+        kernel = np.ones((2 * m + 1, 2 * m + 1), np.uint8)
+        seen = extent * cv2.erode(inside.astype(np.uint8), kernel, borderValue=0)
+        exemplar = _orientation(self._thumbnails[row])
+        found = _orientation(warped)
+        side = LABEL_SIDE // STRUCTURE_CELLS
+
+        def per_cell(values: Array) -> Array:
+            summed: Array = values.reshape(STRUCTURE_CELLS, side, STRUCTURE_CELLS, side).sum(
+                axis=(1, 3)
+            )
+            return summed
+
+        exemplar_power = (exemplar * exemplar).sum(axis=2)
+        found_power = (found * found).sum(axis=2)
+        energy = per_cell(np.sqrt(exemplar_power) * extent)
+        strongest = energy.max()
+        if strongest <= 0:
+            return 0.0, 0.0
+        visible = per_cell(seen) >= 0.5 * np.maximum(per_cell(extent), 1)
+        exemplar_energy = per_cell(np.sqrt(exemplar_power) * seen)
+        found_energy = per_cell(np.sqrt(found_power) * seen)
+        counted = visible & (
+            (exemplar_energy >= 0.1 * strongest) | (found_energy >= 0.1 * strongest)
+        )
+        if not counted.any():
+            return 0.0, 0.0
+        dot = per_cell((exemplar * found).sum(axis=2) * seen)
+        norms = per_cell(exemplar_power * seen) * per_cell(found_power * seen)
+        cosine = dot / np.sqrt(norms + 1e-9)
+        agreeing = (counted & (cosine >= 0.5)).sum() / counted.sum()
+        structured = energy >= 0.1 * strongest
+        shown = energy[structured & visible].sum() / energy[structured].sum()
+        return float(agreeing), float(shown)
+
+    def _agreement(self, row: int, warped: Array, inside: Array) -> float:
+        """How well the exemplar's colour regions explain the query's colours where the
+        homography puts the exemplar (`warped`, see _warp), 0..1: for each region (weighing
+        the same, so a small missing shape counts as much as a large background that is
+        present), the share of its pixels whose query colour is nearest that region's typical
+        query colour. A recoloured, grey, noisy or compressed copy keeps its regions and
+        scores near 1; a covered part or a part outside the query scores 0; a look-alike that
+        shares a letter or a ring but not the rest scores low."""
+        labels = self._labels[row]
+        region_sizes = np.bincount(labels[labels != NO_LABEL], minlength=LABELS)
+        regions = [g for g in range(LABELS) if region_sizes[g] >= 0.005 * region_sizes.sum()]
+        seen = inside & (labels != NO_LABEL)
+        pixels = warped[seen].astype(np.float64)
+        groups = labels[seen]
+        typical = {
+            g: np.median(pixels[groups == g], axis=0) for g in regions if (groups == g).sum() >= 4
+        }
+        # Regions the query shows in one colour can't be told apart there: only the largest
+        # of them can agree (a shape missing from the query looks like its background).
+        kept: list[int] = []
+        for g in sorted(typical, key=lambda g: -region_sizes[g]):
+            if all(np.linalg.norm(typical[g] - typical[k]) >= MIN_CONTRAST for k in kept):
+                kept.append(g)
+        if len(kept) < 2:
+            return 0.0
+        centres = np.array([typical[g] for g in kept])
+        nearest = ((pixels[:, None] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        agreeing = sum(
+            (nearest[groups == g] == i).sum() / region_sizes[g] for i, g in enumerate(kept)
+        )
+        return float(agreeing / len(regions))
+
+    def save(self, path: Path) -> None:
+        """Writes the index as one .npz (arrays only, no pickled objects), atomically: a
+        reader sees the old file or the new one, never half of one."""
+        path = Path(path)
+        descriptors, geometry, owner = self._joined_arrays()
+        arrays: dict[str, Array] = {
+            "format_version": np.array(FORMAT_VERSION),
+            "thresholds": np.array(json.dumps(asdict(self.thresholds))),
+            "exemplar_ids": np.array(self._exemplar_ids, dtype=str),
+            "asset_ids": np.array(self._asset_ids, dtype=str),
+            "sizes": np.array(self._sizes, dtype=np.float32).reshape(-1, 2),
+            "labels": np.array(self._labels, dtype=np.uint8).reshape(-1, LABEL_SIDE, LABEL_SIDE),
+            "thumbnails": np.array(self._thumbnails, dtype=np.uint8).reshape(
+                -1, LABEL_SIDE, LABEL_SIDE, 3
+            ),
+            "descriptors": descriptors,
+            "geometry": geometry,
+            "owner": owner,
+            "faiss_index": faiss.serialize_index_binary(self._index),
+        }
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, allow_pickle=False, **arrays)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> KeypointIndex:
+        with np.load(Path(path), allow_pickle=False) as data:
+            version = int(data["format_version"])
+            if version != FORMAT_VERSION:
+                raise ValueError(
+                    f"{path}: keypoint index format {version}, this code reads {FORMAT_VERSION}"
+                )
+            index = cls(**json.loads(str(data["thresholds"])))
+            index._exemplar_ids = [str(v) for v in data["exemplar_ids"]]
+            index._asset_ids = [str(v) for v in data["asset_ids"]]
+            index._sizes = [(float(w), float(h)) for w, h in data["sizes"]]
+            index._labels = list(data["labels"])
+            index._thumbnails = list(data["thumbnails"])
+            joined = (data["descriptors"], data["geometry"], data["owner"])
+            index._index = faiss.deserialize_index_binary(data["faiss_index"])
+        if len(joined[0]):
+            index._chunks = [joined]
+        return index
+
+
+def _two_nearest(values: Array) -> Array:
+    """(n, 2) int: the bin each value falls in and the neighbouring bin it is closer to."""
+    low = np.floor(values)
+    step = np.where(values - low >= 0.5, 1, -1)
+    return np.stack([low, low + step], axis=1).astype(np.int64)
