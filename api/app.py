@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import catalogue, errors, routes
+from api import catalogue, errors, policy, routes
 from core import celery_app
 from core.settings import get_settings
 
@@ -24,4 +24,5 @@ def create_app() -> FastAPI:
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(catalogue.router)
+    app.include_router(policy.router)
     return app

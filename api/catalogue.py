@@ -8,12 +8,12 @@ from fastapi import APIRouter, Form, Query, Response, UploadFile
 from sqlalchemy.orm import Session
 
 from api.deps import PrincipalDep, ReadSessionDep, SettingsDep
+from api.errors import ERRORS
 from api.schemas import (
     AssetCreate,
     AssetIn,
     AssetOut,
     CheckOut,
-    ErrorOut,
     ExemplarOut,
     IndexOut,
     Page,
@@ -29,9 +29,6 @@ from reference_index import service as catalogue
 from reference_index.models import ProtectedAsset, ReferenceImage
 
 router = APIRouter()
-ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorOut} for status in (401, 403, 404, 409, 422, 503)
-}
 # Who may change the catalogue; everyone with a key may read it and run checks.
 EDITORS = ("legal", "admin")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
@@ -165,7 +162,10 @@ def list_exemplars(
 
 
 @router.post(
-    "/v1/assets/{asset_id}/exemplars", status_code=201, response_model=ExemplarOut, responses=ERRORS
+    "/v1/assets/{asset_id}/exemplars",
+    status_code=201,
+    response_model=ExemplarOut,
+    responses=ERRORS,
 )
 async def add_exemplar(
     asset_id: str,

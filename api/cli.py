@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 
@@ -725,6 +725,148 @@ def check_image(paths: tuple[Path, ...], as_json: bool) -> None:
     if "error" in decisions:
         sys.exit(1)
     sys.exit(3 if decisions - {"approve"} else 0)
+
+
+# --- prompt policy -------------------------------------------------------------------------
+
+# Prompts judged together: the semantic matcher embeds a batch in one model pass.
+POLICY_BATCH = 256
+
+
+@main.group()
+def policy() -> None:
+    """Prompt policy, as the prompt_check stage applies it."""
+
+
+def _policy_results(requests: list[Any]) -> list[dict[str, Any]]:
+    """A decision (or an error naming the field) per request, in order. Requests are judged
+    in batches; a batch with an invalid request is judged one by one, so one bad line does
+    not cost the others their answer."""
+    from core.db import read_scope
+    from core.errors import ClearanceError
+    from pipeline import policy as prompt_policy
+
+    settings = get_settings()
+    results: list[dict[str, Any]] = []
+    with read_scope() as session:
+        for start in range(0, len(requests), POLICY_BATCH):
+            batch = requests[start : start + POLICY_BATCH]
+            if all(not isinstance(r, dict) for r in batch):
+                try:
+                    decisions = prompt_policy.check_prompts(
+                        batch, session=session, settings=settings
+                    )
+                    results += [d.to_dict() for d in decisions]
+                    continue
+                except ClearanceError:
+                    pass
+            for request in batch:
+                if isinstance(request, dict):  # already an error
+                    results.append(request)
+                    continue
+                try:
+                    results.append(
+                        prompt_policy.check_prompt(
+                            request, session=session, settings=settings
+                        ).to_dict()
+                    )
+                except ClearanceError as e:
+                    results.append(e.to_dict())
+    return results
+
+
+def _tenant_id(name: str) -> str:
+    from api import auth
+    from core.db import read_scope
+
+    def find() -> str:
+        with read_scope() as session:
+            return auth.tenant_by_name(session=session, name=name).id
+
+    return str(_run_service(find))
+
+
+def _policy_request(line: str, number: int, tenant: str | None) -> Any:
+    """A PromptRequest from one JSONL line, or an error object naming the line and field."""
+    from pipeline.policy import PromptRequest
+
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        return {"error": "invalid_input", "detail": f"line {number}: not JSON: {e.msg}"}
+    if not isinstance(row, dict):
+        return {"error": "invalid_input", "detail": f"line {number}: not a JSON object"}
+    for name, default in (("prompt", None), ("variant", "schnell"), ("use", "commercial")):
+        value = row.get(name, default)
+        if not isinstance(value, str):
+            return {
+                "error": "invalid_input",
+                "detail": f"line {number}: {name} must be a string",
+                "field": name,
+            }
+    return PromptRequest(
+        row["prompt"], row.get("variant", "schnell"), row.get("use", "commercial"), tenant
+    )
+
+
+@policy.command("check")
+@click.argument("prompt", required=False)
+@click.option("--variant", default="schnell", show_default=True, help="The FLUX.1 variant.")
+@click.option(
+    "--use",
+    type=click.Choice(["commercial", "non-commercial"]),
+    default="commercial",
+    show_default=True,
+)
+@click.option("--tenant", default=None, help="Tenant name: apply its overrides from the rules.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.option(
+    "--jsonl",
+    "jsonl",
+    type=click.File("r", encoding="utf-8"),
+    default=None,
+    help="Judge many prompts: one JSON object per line ({prompt, variant, use}); '-' reads "
+    "stdin. One JSON result per line out, in the same order.",
+)
+def policy_check(
+    prompt: str | None,
+    variant: str,
+    use: str,
+    tenant: str | None,
+    as_json: bool,
+    jsonl: Any,
+) -> None:
+    """The decision (allow | review | block) for PROMPT, with every reason. Reads the
+    catalogue from the configured database (`clearance assets import`). Exit status 0 when
+    allowed, 3 when any prompt is sent to review or blocked, 1 when any cannot be judged."""
+    from pipeline.policy import PromptRequest
+    from review.schemas import Use
+
+    if (prompt is None) == (jsonl is None):
+        _fail("give either a PROMPT or --jsonl FILE", code=2)
+    if tenant is not None:
+        tenant = _tenant_id(tenant)
+    if jsonl is not None:
+        lines = [(n, line) for n, line in enumerate(jsonl, start=1) if line.strip()]
+        requests = [_policy_request(line, n, tenant) for n, line in lines]
+        results = _policy_results(requests)
+        for result in results:
+            click.echo(json.dumps(result, ensure_ascii=False))
+    else:
+        # click.Choice has checked `use`; the policy checks the prompt and the variant.
+        request = PromptRequest(str(prompt), variant, cast(Use, use), tenant)
+        (result,) = _policy_results([request])
+        if as_json or "error" in result:
+            click.echo(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
+        else:
+            click.echo(result["decision"])
+            for reason in result["reasons"]:
+                click.echo(f"  - {reason['rule']}: {reason['detail']}")
+        results = [result]
+    decisions = {r.get("decision", "error") for r in results}
+    if "error" in decisions:
+        sys.exit(1)
+    sys.exit(3 if decisions - {"allow"} else 0)
 
 
 # --- demo ----------------------------------------------------------------------------------

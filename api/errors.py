@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
+from api.schemas import ErrorOut
 from core.errors import (
     AuthenticationError,
     ClearanceError,
@@ -23,6 +24,11 @@ from core.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+# The error statuses every route documents in OpenAPI (the body is ErrorOut).
+ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorOut} for status in (401, 402, 403, 404, 409, 422, 503)
+}
 
 STATUS = (
     (InvalidInputError, 422),
@@ -72,6 +78,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, error: HTTPException) -> JSONResponse:
+        if isinstance(error.__cause__, UnicodeDecodeError):
+            # FastAPI answers a JSON body that is not UTF-8 with a bare 400; it is bad input
+            # like any other, so it gets the 422 every other bad body gets.
+            return JSONResponse(
+                {
+                    "error": "invalid_input",
+                    "detail": "body: the request body is not valid UTF-8 JSON",
+                    "field": "body",
+                },
+                status_code=422,
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return JSONResponse(
             {"error": code, "detail": str(error.detail)}, status_code=error.status_code

@@ -9,10 +9,10 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from api.deps import PrincipalDep, ReadSessionDep, SettingsDep
+from api.errors import ERRORS
 from api.schemas import (
     BudgetOut,
     DecisionOut,
-    ErrorOut,
     HealthOut,
     ImageOut,
     JobCreate,
@@ -34,9 +34,6 @@ from pipeline.models import Job
 
 router = APIRouter()
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorOut} for status in (401, 402, 403, 404, 409, 422, 503)
-}
 UPLOAD_TYPES = ("image/png", "image/jpeg", "image/webp")
 # Compressed size; the 40-megapixel limit on the decoded image is checked separately.
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024

@@ -241,3 +241,28 @@ class IndexOut(BaseModel):
     created_at: datetime | None
     # Exemplars in the catalogue that the active index does not hold yet.
     pending_exemplars: int
+
+
+class PolicyCheckIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Length and emptiness are judged by the policy itself (one limit, in the rule file).
+    prompt: str
+    variant: VariantName = "schnell"  # type: ignore[valid-type]
+    use: Literal["commercial", "non-commercial"] = "commercial"
+
+
+class PolicyReasonOut(BaseModel):
+    rule: str
+    decision: Literal["allow", "review", "block"]
+    detail: str
+    matched: str | None = None  # the prompt's own text that fired the rule
+    asset_id: str | None = None
+    score: float | None = None
+
+
+class PolicyDecisionOut(BaseModel):
+    decision: Literal["allow", "review", "block"]
+    reasons: list[PolicyReasonOut]
+    rules_version: str
+    catalogue_version: str

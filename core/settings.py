@@ -59,6 +59,9 @@ class PolicySettings(BaseModel):
     )
     # Extra terms merged into the rules: prompts containing any of them go to human review.
     review_terms: list[str] = Field(default_factory=list)
+    # Match prompts against asset descriptions with sentence embeddings (all-MiniLM-L6-v2,
+    # shipped in a wheel); off leaves names, aliases, misspellings and categories.
+    semantic: bool = True
 
     @field_validator("blocklist", "review_terms")
     @classmethod

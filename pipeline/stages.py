@@ -30,6 +30,7 @@ from generation.errors import ContentModeratedError
 from generation.models import ProviderRequestRecord
 from generation.schemas import GenerationSpec
 from generation.variants import VARIANTS
+from pipeline import policy as prompt_policy
 from pipeline import routing
 from pipeline.errors import JobNotFoundError
 from pipeline.models import (
@@ -49,9 +50,9 @@ from pipeline.models import (
     JobImage,
     JobStage,
 )
+from pipeline.policy import PromptRequest
 from reference_index import checks
-from review import policy
-from review.schemas import PolicyRules, Use, VariantLicence
+from review.schemas import Use
 
 ACTOR = "system:pipeline"
 
@@ -86,28 +87,12 @@ RULES = {
 class StageContext:
     settings: Settings
     blobs: BlobStore
-    rules: PolicyRules
 
 
 @lru_cache(maxsize=1)
 def default_context() -> StageContext:
     settings = get_settings()
-    return StageContext(
-        settings=settings,
-        blobs=BlobStore(settings.blob_dir),
-        rules=policy.make_rules(settings.policy.blocklist, settings.policy.review_terms),
-    )
-
-
-def licence_for(variant_name: str) -> VariantLicence:
-    variant = VARIANTS[variant_name]
-    return VariantLicence(
-        variant=variant.name,
-        licence_id=variant.licence_id,
-        licence_name=variant.licence_name,
-        commercial_use=variant.commercial_use,
-        commercial_alternatives=tuple(v.name for v in VARIANTS.values() if v.commercial_use),
-    )
+    return StageContext(settings=settings, blobs=BlobStore(settings.blob_dir))
 
 
 def _lock_job(session: Session, job_id: str) -> Job:
@@ -223,9 +208,12 @@ def prompt_check(job_id: str, ctx: StageContext) -> bool:
     if job is None:
         return goes_on(job_id)
     use: Use = "commercial" if job.use == "commercial" else "non-commercial"
-    decision = policy.check_prompt(
-        job.prompt, licence=licence_for(job.variant), use=use, rules=ctx.rules
-    )
+    with read_scope() as session:
+        decision = prompt_policy.check_prompt(
+            PromptRequest(job.prompt, job.variant, use, job.tenant_id),
+            session=session,
+            settings=ctx.settings,
+        )
     input_check = None
     if job.input_image_sha256 is not None:
         input_check = _check(ctx.blobs.get(job.input_image_sha256), ctx)
@@ -241,6 +229,7 @@ def prompt_check(job_id: str, ctx: StageContext) -> bool:
             decision.decision,
             body["reasons"],
             rules_version=decision.rules_version,
+            catalogue_version=decision.catalogue_version,
         )
         if input_check is not None:
             _record_decision(

@@ -1,14 +1,18 @@
-"""Prompt policy: the licence rule, blocklist and review terms, and the rules version."""
+"""Prompt policy without a catalogue: the licence rule, the blocklist and review terms of
+settings merged into the packaged rules, and the rules version."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
-from review.policy import check_prompt, make_rules, normalise, rules_version
-from review.schemas import PolicyDecision, PolicyRules, Reason, Use, VariantLicence
+from review.normalise import normalise
+from review.policy import PolicyEngine
+from review.rules import load_rules
+from review.schemas import PolicyDecision, PolicyRules, Reason, Use
+from tests.review.conftest import COMMERCIAL_VARIANTS, DEV_LICENCE_NAME, licence
 
-COMMERCIAL_VARIANTS = ("schnell", "pro", "pro-ultra")
-DEV_LICENCE_NAME = "FLUX.1 [dev] Non-Commercial License"
 BLOCKLIST = ["child sexual", "csam", "beheading", "snuff film"]
 
 
@@ -21,26 +25,13 @@ def fullwidth(text: str) -> str:
 FULLWIDTH_CSAM = fullwidth("CSAM")
 
 
-def licence(variant: str) -> VariantLicence:
-    """Licences as the pipeline passes them in, written out here: review must not import
-    generation or pipeline."""
-    if variant in ("dev", "kontext-dev"):
-        return VariantLicence(
-            variant=variant,
-            licence_id="flux-1-dev-non-commercial",
-            licence_name=DEV_LICENCE_NAME,
-            commercial_use=False,
-            commercial_alternatives=COMMERCIAL_VARIANTS,
-        )
-    if variant == "schnell":
-        return VariantLicence(
-            variant="schnell",
-            licence_id="apache-2.0",
-            licence_name="Apache License 2.0",
-            commercial_use=True,
-            commercial_alternatives=COMMERCIAL_VARIANTS,
-        )
-    raise AssertionError(variant)
+def make_rules(blocklist: list[str], review_terms: list[str]) -> PolicyRules:
+    return load_rules(blocklist=blocklist, review_terms=review_terms)
+
+
+@functools.lru_cache(maxsize=16)
+def engine(rules: PolicyRules) -> PolicyEngine:
+    return PolicyEngine.build(rules)
 
 
 def rules(blocklist: list[str] | None = None, review_terms: list[str] | None = None) -> PolicyRules:
@@ -54,7 +45,7 @@ def check(
     use: Use = "non-commercial",
     policy: PolicyRules | None = None,
 ) -> PolicyDecision:
-    return check_prompt(prompt, licence=licence(variant), use=use, rules=policy or rules())
+    return engine(policy or rules()).check(prompt, licence=licence(variant), use=use)
 
 
 def only(decision: PolicyDecision, rule: str) -> Reason:
@@ -140,8 +131,6 @@ def test_blocked_terms_are_found_whole_word_case_and_width_insensitive(
         "an unbeheading spell",
         "csamples of fabric",
         "the snuff filmography of a collector",
-        "snufffilm",
-        "snuff_film",
         "child sexuality education leaflet",
         "a film about snuff",
     ],
@@ -151,6 +140,22 @@ def test_terms_inside_longer_words_do_not_match(prompt: str) -> None:
     is not blocked."""
     decision = check(prompt)
     assert decision.decision == "allow", decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("prompt", "quoted"),
+    [
+        pytest.param("snufffilm", "snufffilm", id="words-run-together"),
+        pytest.param("snuff_film", "snuff_film", id="underscore"),
+        pytest.param("S-N-U-F-F film", "S-N-U-F-F film", id="spelt-out"),
+        pytest.param("be-heading", "be-heading", id="hyphenated"),
+    ],
+)
+def test_spacing_tricks_do_not_hide_a_term(prompt: str, quoted: str) -> None:
+    """Changed on purpose: matching ignores how words are spaced, joined or spelt out, so
+    "snufffilm" is "snuff film" (it used to pass as one unknown word)."""
+    reason = only(check(prompt), "blocklist")
+    assert reason.matched == quoted
 
 
 @pytest.mark.parametrize(
@@ -233,8 +238,8 @@ def test_review_and_licence_block_gives_block() -> None:
 
 def test_several_review_terms_stay_review() -> None:
     """Several review reasons, no block: the decision is review."""
-    policy = rules(review_terms=["gore", "protest"])
-    decision = check("gore at a protest", policy=policy)
+    policy = rules(review_terms=["rally", "protest"])
+    decision = check("a rally at a protest", policy=policy)
     assert decision.decision == "review"
     assert len(decision.reasons) == 2
 
@@ -252,27 +257,25 @@ def test_decision_serialises_every_reason() -> None:
 # --- rules version ---------------------------------------------------------------------------
 
 
-def test_rules_version_is_stable_for_the_same_lists() -> None:
-    """The same terms give the same version, whatever their order; decisions carry it."""
-    version = rules_version(["a", "b"], ["c"])
-    assert version == rules_version(["a", "b"], ["c"])
-    assert version == rules_version(("b", "a"), ("c",))
-    assert version.startswith("settings-")
-    assert make_rules(["b", "a"], ["c"]).version == version
-    policy = make_rules(["a", "b"], ["c"])
-    assert check("hello", policy=policy).rules_version == version
+def test_rules_version_is_stable_for_the_same_terms() -> None:
+    """The same file and terms give the same version, whatever the order of the terms; it
+    is the file's own version plus a content hash, and every decision carries it."""
+    version = make_rules(["a", "b"], ["c"]).version
+    assert version == make_rules(["b", "a"], ["c"]).version
+    assert version.startswith("2025.06.1+")
+    assert check("hello", policy=make_rules(["a", "b"], ["c"])).rules_version == version
 
 
-def test_rules_version_changes_when_the_lists_change() -> None:
+def test_rules_version_changes_when_the_terms_change() -> None:
     """Adding, removing or moving a term between the lists gives a new version."""
-    base = rules_version(["a", "b"], ["c"])
-    variants = {
-        rules_version(["a", "b", "d"], ["c"]),
-        rules_version(["a"], ["c"]),
-        rules_version(["a", "b"], []),
-        rules_version(["a", "b", "c"], []),
-        rules_version(["a"], ["b", "c"]),
-        rules_version(["a", "bb"], ["c"]),
+    base = make_rules(["a", "b"], ["c"]).version
+    versions = {
+        make_rules(["a", "b", "d"], ["c"]).version,
+        make_rules(["a"], ["c"]).version,
+        make_rules(["a", "b"], []).version,
+        make_rules(["a", "b", "c"], []).version,
+        make_rules(["a"], ["b", "c"]).version,
+        make_rules(["a", "bb"], ["c"]).version,
     }
-    assert base not in variants
-    assert len(variants) == 6
+    assert base not in versions
+    assert len(versions) == 6
