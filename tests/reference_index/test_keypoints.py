@@ -1,0 +1,182 @@
+"""Keypoint logo matching: finding a small, rotated or tilted logo inside real photos, and not
+matching photos, look-alikes that share letters, or images without usable features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+import skimage.data
+from PIL import Image, ImageDraw, ImageFont
+
+from reference_index.keypoints import KeypointIndex, KeypointMatch
+
+Rgb = npt.NDArray[np.uint8]
+Box = tuple[int, int, int, int]
+
+
+def logo(seed: int, letters: str = "") -> Rgb:
+    """A synthetic logo: a background, a few shapes in two colours and some letters."""
+    rng = np.random.default_rng(seed)
+    w, h = 320, 240
+    background = (int(rng.integers(0, 80)), int(rng.integers(0, 80)), int(rng.integers(150, 256)))
+    colours = [(255, int(rng.integers(150, 256)), 0), (int(rng.integers(0, 60)), 230, 90)]
+    image = Image.new("RGB", (w, h), background)
+    draw = ImageDraw.Draw(image)
+    for i in range(3):
+        cx, cy, r = rng.uniform(60, w - 60), rng.uniform(60, h - 60), rng.uniform(30, 60)
+        sides = int(rng.integers(3, 8))
+        start = rng.uniform(0, 2 * np.pi)
+        points = [
+            (
+                cx + r * np.cos(start + k * 2 * np.pi / sides),
+                cy + r * np.sin(start + k * 2 * np.pi / sides),
+            )
+            for k in range(sides)
+        ]
+        draw.polygon(points, fill=colours[i % 2])
+    text = letters or "".join(rng.choice(list("ABCDEFGHJKMNPRSTUVWXYZ23456789"), 3))
+    draw.text((20, 150), text, fill=(250, 250, 250), font=ImageFont.load_default(size=72))
+    return np.asarray(image)
+
+
+def photo(name: str, side: int = 1024) -> Rgb:
+    array = np.asarray(getattr(skimage.data, name)())
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return np.asarray(
+        Image.fromarray(array[..., :3]).resize((side, side), Image.Resampling.LANCZOS)
+    )
+
+
+def iou(a: Box, b: Box) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+LOGOS = {f"asset-{i}": logo(i) for i in range(6)}
+
+
+@pytest.fixture(scope="module")
+def index() -> KeypointIndex:
+    return KeypointIndex.build((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items())
+
+
+def top(matches: list[KeypointMatch]) -> str | None:
+    return matches[0].asset_id if matches else None
+
+
+def test_small_rotated_logo_inside_a_photo_is_found_where_it_is(index: KeypointIndex) -> None:
+    scene = photo("astronaut").copy()
+    small = np.asarray(Image.fromarray(LOGOS["asset-2"]).resize((180, 135)))
+    rotated = np.asarray(
+        Image.fromarray(small).rotate(15, expand=True, resample=Image.Resampling.BICUBIC)
+    )
+    # Paste only the rotated logo's own pixels, not the black corners rotate() adds.
+    mask = np.asarray(
+        Image.new("L", small.shape[1::-1], 255).rotate(
+            15, expand=True, resample=Image.Resampling.NEAREST
+        )
+    ).astype(bool)
+    x, y = 700, 620
+    h, w = rotated.shape[:2]
+    scene[y : y + h, x : x + w][mask] = rotated[mask]
+
+    matches = index.search(scene)
+
+    assert top(matches) == "asset-2"
+    assert matches[0].inliers >= 12
+    assert iou(matches[0].box, (x, y, x + w, y + h)) > 0.5
+    assert [m.asset_id for m in matches] == ["asset-2"]
+
+
+def test_logo_seen_at_an_angle_is_found(index: KeypointIndex) -> None:
+    source = LOGOS["asset-4"]
+    h, w = source.shape[:2]
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    tilted = np.array([[90, 70], [w + 50, 110], [w + 50, h + 30], [90, h + 70]], np.float32)
+    warp = cv2.getPerspectiveTransform(corners, tilted)
+    canvas = cv2.warpPerspective(source, warp, (w + 160, h + 160), borderValue=(200, 200, 200))
+
+    matches = index.search(canvas)
+
+    assert top(matches) == "asset-4"
+    assert iou(matches[0].box, (90, 70, w + 50, h + 70)) > 0.6
+
+
+@pytest.mark.parametrize("name", ["coffee", "chelsea", "camera", "brick", "text"])
+def test_a_photo_without_any_logo_matches_nothing(index: KeypointIndex, name: str) -> None:
+    assert index.search(photo(name)) == []
+
+
+def test_a_look_alike_sharing_the_letters_is_not_the_logo() -> None:
+    original = logo(10, letters="KQ7")
+    look_alike = logo(11, letters="KQ7")  # same font, letters and place; other shapes
+    index = KeypointIndex.build([("exemplar-kq", "asset-kq", original)])
+
+    assert top(index.search(original)) == "asset-kq"  # the check can succeed ...
+    assert index.search(look_alike) == []  # ... and refuses the look-alike
+    scene = photo("coffee").copy()
+    scene[300:540, 400:720] = look_alike
+    assert index.search(scene) == []
+
+
+def test_save_and_load_give_the_same_results(index: KeypointIndex, tmp_path: Path) -> None:
+    queries = [LOGOS["asset-1"], photo("chelsea"), np.ascontiguousarray(LOGOS["asset-5"][20:, 30:])]
+    path = tmp_path / "keypoints.npz"
+
+    index.save(path)
+    loaded = KeypointIndex.load(path)
+
+    assert len(loaded) == len(index)
+    assert loaded.thresholds == index.thresholds
+    for query in queries:
+        assert loaded.search(query) == index.search(query)
+    assert top(loaded.search(queries[2])) == "asset-5"
+
+
+def test_add_after_build_finds_the_new_exemplar() -> None:
+    index = KeypointIndex.build((f"exemplar-{a}", a, rgb) for a, rgb in list(LOGOS.items())[:3])
+    new = logo(42)
+    assert index.search(new) == []
+
+    index.add("exemplar-new", "asset-new", new)
+
+    assert len(index) == 4
+    assert top(index.search(new)) == "asset-new"
+    assert top(index.search(LOGOS["asset-0"])) == "asset-0"
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((3, 5, 3), np.uint8),
+        np.full((512, 512, 3), 128, np.uint8),
+        np.full((64, 64), 255, np.uint8),
+        np.zeros((40, 40, 4), np.uint8),
+    ],
+    ids=["empty", "tiny", "flat", "flat-gray", "blank-rgba"],
+)
+def test_images_without_usable_features_give_no_match(index: KeypointIndex, image: Rgb) -> None:
+    assert index.search(image) == []
+
+
+def test_an_empty_index_and_a_flat_exemplar_match_nothing() -> None:
+    assert KeypointIndex().search(LOGOS["asset-0"]) == []
+    index = KeypointIndex.build([("flat", "asset-flat", np.full((100, 100, 3), 90, np.uint8))])
+    assert len(index) == 1
+    assert index.search(LOGOS["asset-0"]) == []
+
+
+def test_an_unknown_threshold_is_refused_naming_the_valid_ones() -> None:
+    with pytest.raises(TypeError, match="min_inliers") as raised:
+        KeypointIndex(min_inlier=12)
+    assert "min_inlier" in str(raised.value)
+    assert "min_structure" in str(raised.value)
