@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import catalogue, errors, policy, routes
+from api import audit_log, catalogue, errors, policy, reviews, routes
 from core import celery_app
 from core.settings import get_settings
 
@@ -25,4 +25,6 @@ def create_app() -> FastAPI:
     app.include_router(routes.router)
     app.include_router(catalogue.router)
     app.include_router(policy.router)
+    app.include_router(reviews.router)
+    app.include_router(audit_log.router)
     return app

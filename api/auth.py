@@ -45,7 +45,9 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_tenant(*, session: Session, name: str, actor: str) -> Tenant:
+def create_tenant(
+    *, session: Session, name: str, actor: str, require_human_approval: bool = False
+) -> Tenant:
     if not _TENANT_NAME.match(name):
         raise InvalidInputError(
             f"tenant name {name!r} is not allowed: use 1-100 lowercase letters, digits, '.', '_' "
@@ -54,7 +56,7 @@ def create_tenant(*, session: Session, name: str, actor: str) -> Tenant:
         )
     if session.scalar(select(Tenant).where(Tenant.name == name)) is not None:
         raise ConflictError(f"tenant {name!r} already exists", field="name")
-    tenant = Tenant(name=name)
+    tenant = Tenant(name=name, require_human_approval=require_human_approval)
     session.add(tenant)
     session.flush()
     audit.append(
@@ -63,7 +65,7 @@ def create_tenant(*, session: Session, name: str, actor: str) -> Tenant:
         tenant_id=tenant.id,
         type="tenant.created",
         subject=f"tenant:{tenant.id}",
-        payload={"name": name},
+        payload={"name": name, "require_human_approval": require_human_approval},
     )
     return tenant
 

@@ -83,21 +83,31 @@ def tenants() -> None:
 
 @tenants.command("create")
 @click.argument("name")
-def tenants_create(name: str) -> None:
+@click.option(
+    "--require-human-approval",
+    is_flag=True,
+    help="An approval workflow: every image goes to a person before it is released.",
+)
+def tenants_create(name: str, require_human_approval: bool) -> None:
     """Create a tenant; prints its id."""
     from api import auth
     from core.db import session_scope
 
     def create() -> str:
         with session_scope() as session:
-            return auth.create_tenant(session=session, name=name, actor=CLI_ACTOR).id
+            return auth.create_tenant(
+                session=session,
+                name=name,
+                actor=CLI_ACTOR,
+                require_human_approval=require_human_approval,
+            ).id
 
     click.echo(_run_service(create))
 
 
 @main.group()
 def keys() -> None:
-    """API keys."""
+    """API keys, and the key that signs released images."""
 
 
 @keys.command("create")
@@ -118,11 +128,25 @@ def keys_create(tenant: str, role: str) -> None:
     click.echo(_run_service(create))
 
 
+@keys.command("init-signing")
+@click.option("--force", is_flag=True, help="Replace an existing signing key and chain.")
+def keys_init_signing(force: bool) -> None:
+    """Create a local CA and a C2PA signing certificate it issues, at the configured paths
+    (default: DATA_DIR/signing/). Released images are signed with it; readers report it as
+    untrusted unless they trust local-ca.pem. Production configures a key from a real CA."""
+    from pipeline import provenance
+
+    made = _run_service(lambda: provenance.init_signing(get_settings(), force=force))
+    click.echo(f"signing key: {made.key}\ncertificate chain: {made.chain}\nlocal CA: {made.ca}")
+    click.echo(f"signing certificate sha256: {made.fingerprint}")
+
+
 # --- processes -----------------------------------------------------------------------------
 
 
 def _worker_command(queues: str | None = None) -> list[str]:
-    command = [sys.executable, "-m", "api.cli", "worker"]
+    # One machine, one worker: it also runs Celery beat (time-based audit checkpoints).
+    command = [sys.executable, "-m", "api.cli", "worker", "--beat"]
     return command + (["--queues", queues] if queues else [])
 
 
@@ -164,11 +188,16 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
     help="Comma-separated queues: 'gpu' (generation) and/or 'checks' (everything else).",
 )
 @click.option("--concurrency", type=int, default=None, help="Default: worker.concurrency setting.")
-def worker(queues: str, concurrency: int | None) -> None:
+@click.option(
+    "--beat", is_flag=True, help="Also run Celery beat (periodic tasks); in one worker only."
+)
+def worker(queues: str, concurrency: int | None, beat: bool) -> None:
     """Run a Celery worker for the pipeline stages."""
+    from audit import tasks as audit_tasks  # noqa: F401 (registers the checkpoint task)
     from core import celery_app
     from migrations import models  # noqa: F401 (every table, so foreign keys resolve)
     from pipeline import tasks  # noqa: F401 (registers the stage tasks)
+    from review import tasks as review_tasks  # noqa: F401 (registers the SLA escalation)
 
     _log_info()
     settings = get_settings()
@@ -191,6 +220,7 @@ def worker(queues: str, concurrency: int | None) -> None:
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
+            *(["--beat"] if beat else []),
         ]
     )
 
@@ -349,20 +379,199 @@ def audit() -> None:
     """The audit log."""
 
 
+_PUBLIC_KEY_OPTION = click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Trust this Ed25519 public key (PEM); repeatable. Default: the configured signing "
+    "key and audit.trusted_public_keys.",
+)
+
+
+def _trusted_keys(public_keys: tuple[Path, ...]) -> Any:
+    from audit import signing
+
+    def load() -> Any:
+        if public_keys:  # named on the command line: trust those alone
+            keys = [signing.load_public_key(path) for path in public_keys]
+            return {signing.key_id(key): key for key in keys}
+        return signing.trusted_keys(get_settings())
+
+    return _run_service(load)
+
+
 @audit.command("verify")
-def audit_verify() -> None:
-    """Check the whole hash chain; names the first broken event. Exit status 1 if broken."""
+@_PUBLIC_KEY_OPTION
+def audit_verify(public_keys: tuple[Path, ...]) -> None:
+    """Check the whole hash chain, then every signed checkpoint (signature, and the hash of
+    the event it names); names the first broken event or checkpoint. Exit status 1 if either
+    is broken."""
     from audit import service
     from core.db import read_scope
 
+    keys = _trusted_keys(public_keys)
     with read_scope() as session:
         result = service.verify(session=session)
-    if result.broken is not None:
-        _fail(
-            f"audit chain BROKEN at event #{result.broken.seq}: {result.broken.reason} "
-            f"({result.events_checked} events before it verified)"
+        if result.broken is not None:
+            _fail(
+                f"audit chain BROKEN at event #{result.broken.seq}: {result.broken.reason} "
+                f"({result.events_checked} events before it verified)"
+            )
+        checkpoints = service.verify_checkpoints(
+            session=session,
+            public_keys=keys,
+            every_events=get_settings().audit.checkpoint_every_events,
         )
-    click.echo(f"audit chain OK: {result.events_checked} events verified, head #{result.head_seq}")
+    if checkpoints.broken is not None:
+        _fail(
+            f"audit checkpoint BROKEN at checkpoint #{checkpoints.broken.seq}: "
+            f"{checkpoints.broken.reason} ({checkpoints.checkpoints_checked} checkpoints "
+            "before it verified)"
+        )
+    click.echo(
+        f"audit chain OK: {result.events_checked} events verified, head #{result.head_seq}; "
+        f"{checkpoints.checkpoints_checked} signed checkpoints verified"
+        + (f", the last at #{checkpoints.last_seq}" if checkpoints.last_seq else "")
+    )
+
+
+@audit.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign a checkpoint of the chain head now (beat does this every few minutes)."""
+    from audit import service
+    from core.db import session_scope
+
+    def write() -> Any:
+        with session_scope() as session:
+            written = service.write_checkpoint(session=session, settings=get_settings())
+            return written.seq if written else None
+
+    seq = _run_service(write)
+    click.echo(f"checkpoint at #{seq}" if seq else "the head is checkpointed already")
+
+
+@audit.command("public-key")
+def audit_public_key() -> None:
+    """Print the public key (PEM) that checkpoints and exports are signed with; legal keeps
+    it to verify exports offline. Its key id goes to stderr."""
+    from audit import signing
+
+    signer = _run_service(lambda: signing.signer(get_settings()))
+    click.echo(signing.public_pem(signer.public_key), nl=False)
+    click.echo(f"key id {signer.key_id}", err=True)
+
+
+def _bad_parameter(error: Any) -> NoReturn:
+    option = f"--{error.field}" if error.field else None
+    detail = error.detail.split(": ", 1)[-1] if error.field else error.detail
+    raise click.BadParameter(detail, param_hint=option)
+
+
+@audit.command("export")
+@click.option(
+    "--from", "start", default=None, help="ISO date or date-time (UTC unless zoned); inclusive."
+)
+@click.option("--to", "end", default=None, help="Inclusive; a date includes the whole day.")
+@click.option("--tenant", default=None, help="Tenant name. Default: every tenant.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Default: audit-export-TIME.FORMAT here. The signed manifest goes to OUT.manifest.json.",
+)
+def audit_export(
+    start: str | None, end: str | None, tenant: str | None, fmt: str, out: Path | None
+) -> None:
+    """Export audit events with a signed manifest, for `clearance audit verify-export`."""
+    from audit import export, service, signing
+    from core.db import read_scope, session_scope, utcnow
+    from core.errors import InvalidInputError
+
+    settings = get_settings()
+    tenant_id = _tenant_id(tenant) if tenant else None
+    try:
+        wanted = export.make_filter(
+            start=start, end=end, tenant_id=tenant_id, tenant=tenant, fmt=fmt
+        )
+    except InvalidInputError as e:
+        _bad_parameter(e)
+    signer = _run_service(lambda: signing.signer(settings))
+    out = out or Path(f"audit-export-{utcnow():%Y%m%dT%H%M%SZ}.{fmt}")
+    manifest_file = Path(str(out) + export.MANIFEST_SUFFIX)
+    with out.open("wb") as file, read_scope() as session:
+        manifest = export.write_export(
+            session=session, filter=wanted, fmt=fmt, out=file, signer=signer
+        )
+    manifest_file.write_bytes(export.manifest_bytes(manifest))
+    with session_scope() as session:
+        service.append(
+            session=session,
+            actor=CLI_ACTOR,
+            type="audit.exported",
+            subject="audit",
+            tenant_id=tenant_id,
+            payload={k: manifest[k] for k in ("filter", "count", "sha256", "export_format")},
+        )
+    click.echo(f"{manifest['count']} events written to {out}, manifest {manifest_file}", err=True)
+
+
+def _export_files(file: Path, manifest: Path | None) -> tuple[bytes, bytes]:
+    """The export's and the manifest's bytes: from the API's zip, or from FILE and its
+    manifest next to it."""
+    import zipfile
+
+    from audit.export import MANIFEST_SUFFIX
+
+    if manifest is None and zipfile.is_zipfile(file):
+        try:
+            with zipfile.ZipFile(file) as archive:
+                names = archive.namelist()
+                manifests = [n for n in names if n.endswith(MANIFEST_SUFFIX)]
+                exported = [n.removesuffix(MANIFEST_SUFFIX) for n in manifests]
+                if len(manifests) != 1 or exported[0] not in names:
+                    _fail(f"{file}: the zip does not hold one export and its manifest")
+                return archive.read(exported[0]), archive.read(manifests[0])
+        except (zipfile.BadZipFile, OSError) as e:
+            _fail(f"{file}: damaged zip ({e})")
+    manifest = manifest or Path(str(file) + MANIFEST_SUFFIX)
+    try:
+        return file.read_bytes(), manifest.read_bytes()
+    except OSError as e:
+        _fail(f"cannot read {e.filename}: {e.strerror}; pass the manifest with --manifest")
+
+
+@audit.command("verify-export")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Default: FILE.manifest.json, or the one inside FILE when it is a zip from the API.",
+)
+@_PUBLIC_KEY_OPTION
+def audit_verify_export(file: Path, manifest: Path | None, public_keys: tuple[Path, ...]) -> None:
+    """Check an export offline: the manifest's signature, the export's sha256 and count, and
+    every event's hash and link. Exit status 1, naming the problem, on any change."""
+    from audit import export
+    from core.errors import ClearanceError
+
+    data, manifest_data = _export_files(file, manifest)
+    keys = _trusted_keys(public_keys)
+    if not keys:
+        _fail("no public key to verify with: pass the signer's with --public-key FILE")
+    try:
+        check = export.verify_export(data, manifest_data, keys)
+    except ClearanceError as e:
+        _fail(f"export BROKEN: {e.detail}")
+    span = f" (#{check.first_seq}..#{check.last_seq})" if check.count else ""
+    click.echo(
+        f"export OK: {check.count} events{span}, {check.gaps} gaps (events outside the filter); "
+        f"sha256 {check.manifest['sha256']}; signed by key {check.key_id[:16]}"
+    )
 
 
 # --- models, adapters, budgets --------------------------------------------------------------

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Literal
 
-from fastapi import APIRouter, Request, Response, UploadFile
+from fastapi import APIRouter, Query, Request, Response, UploadFile
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from api.deps import PrincipalDep, ReadSessionDep, SettingsDep
 from api.errors import ERRORS
+from api.models import Tenant
 from api.schemas import (
     BudgetOut,
     DecisionOut,
@@ -92,6 +94,8 @@ def job_out(job: Job, request: Request, session: Session) -> JobOut:
                 index=i.index,
                 seed=i.seed,
                 sha256=i.blob_sha256,
+                released_sha256=i.released_sha256,
+                released_jpeg_sha256=i.released_jpeg_sha256,
                 width=i.width,
                 height=i.height,
                 released=i.released_at is not None,
@@ -113,6 +117,8 @@ def create_job(
     fields = body.model_dump()
     fields["loras"] = [(lora.name, lora.scale) for lora in body.loras]
     with session_scope() as session:
+        tenant = session.get_one(Tenant, principal.tenant_id)
+        fields["require_human_approval"] = tenant.require_human_approval
         job = jobs.create_job(
             session=session,
             settings=settings,
@@ -194,19 +200,28 @@ def get_usage(
     "/v1/images/{image_id}",
     name="get_image",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **ERRORS},
 )
 def get_image(
-    image_id: str, principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep
+    image_id: str,
+    principal: PrincipalDep,
+    session: ReadSessionDep,
+    settings: SettingsDep,
+    image_format: Literal["png", "jpeg"] = Query("png", alias="format"),
 ) -> Response:
+    """The released image, signed: a C2PA manifest and IPTC XMP mark it as AI-generated.
+    Both formats were signed at release, so the API holds no signing key."""
     data = jobs.released_image(
         session=session,
         blobs=BlobStore(settings.blob_dir),
         tenant_id=principal.tenant_id,
         image_id=image_id,
+        image_format=image_format,
     )
     return Response(
-        data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
+        data,
+        media_type=f"image/{image_format}",
+        headers={"Cache-Control": "private, max-age=86400"},
     )
 
 

@@ -65,6 +65,9 @@ class ImageOut(BaseModel):
     index: int
     seed: int
     sha256: str
+    # The signed copies served once released (C2PA manifest and IPTC XMP).
+    released_sha256: str | None = None
+    released_jpeg_sha256: str | None = None
     width: int
     height: int
     released: bool
@@ -266,3 +269,51 @@ class PolicyDecisionOut(BaseModel):
     reasons: list[PolicyReasonOut]
     rules_version: str
     catalogue_version: str
+
+
+class ReviewDecisionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    reviewer: str
+    role: str
+    decision: str
+    reason: str
+    note: str
+    created_at: datetime
+
+
+class ReviewTaskOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    job_id: str
+    state: Literal["open", "claimed", "escalated", "decided"]
+    priority: Literal["high", "normal"]
+    band: str
+    reasons: list[dict[str, Any]]
+    required_approvals: int
+    approvals: list[str]
+    claimed_by: str | None
+    lease_expires_at: datetime | None
+    due_at: datetime
+    escalated_at: datetime | None
+    appeal_of: str | None
+    appeal_note: str | None
+    outcome: str | None
+    created_at: datetime
+    decided_at: datetime | None
+    decisions: list[ReviewDecisionOut]
+
+
+class ReviewDecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject", "escalate"]
+    reason: str
+    note: str = Field(default="", max_length=4000)
+
+
+class AppealIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(min_length=1, max_length=4000)

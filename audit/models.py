@@ -38,3 +38,24 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """A signed statement that event `seq` was the chain head with hash `head_hash`.
+
+    The signature (Ed25519, by the key `key_id` names) covers every other column, so a
+    checkpoint cannot be moved or edited; `prev_seq` names the checkpoint before it, so one
+    cannot be removed from the middle either. A chain rewritten from some event on, with every
+    hash recomputed, still verifies as a chain but no longer matches the checkpoints after
+    that event. A checkpoint is written within the transaction of every `every_events`th
+    event, so the head is never that far past the last checkpoint."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    prev_seq: Mapped[int] = mapped_column(Integer)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    every_events: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))

@@ -18,3 +18,20 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return self.broken is None
+
+
+@dataclass(frozen=True)
+class BrokenCheckpoint:
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    checkpoints_checked: int
+    last_seq: int
+    broken: BrokenCheckpoint | None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None

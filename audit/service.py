@@ -14,12 +14,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from audit.models import AuditEvent, AuditHead
-from audit.schemas import BrokenEvent, VerifyResult
+from audit import signing
+from audit.models import AuditCheckpoint, AuditEvent, AuditHead
+from audit.schemas import BrokenCheckpoint, BrokenEvent, CheckpointResult, VerifyResult
 from core.db import utcnow
+from core.settings import Settings, get_settings
 
 GENESIS_HASH = "0" * 64
 _VERIFY_BATCH = 1000
@@ -97,7 +100,141 @@ def append(
     session.add(event)
     head.seq, head.hash = event.seq, event.hash
     session.flush()
+    settings = get_settings()
+    if event.seq - _last_checkpoint_seq(session) >= settings.audit.checkpoint_every_events:
+        _write_checkpoint(session, settings, event.seq, event.hash)
     return event
+
+
+def _last_checkpoint_seq(session: Session) -> int:
+    return session.scalar(select(func.max(AuditCheckpoint.seq))) or 0
+
+
+def checkpoint_message(
+    *,
+    seq: int,
+    prev_seq: int,
+    head_hash: str,
+    created_at: datetime,
+    every_events: int,
+    key_id: str,
+) -> bytes:
+    """What a checkpoint's signature covers. The `kind` keeps a checkpoint signature from
+    passing for an export manifest's, or the other way round."""
+    return canonical_json(
+        {
+            "kind": "clearance-audit-checkpoint/1",
+            "seq": seq,
+            "prev_seq": prev_seq,
+            "head_hash": head_hash,
+            "created_at": _timestamp(created_at),
+            "every_events": every_events,
+            "key_id": key_id,
+        }
+    ).encode()
+
+
+def _write_checkpoint(
+    session: Session, settings: Settings, seq: int, head_hash: str
+) -> AuditCheckpoint:
+    signer = signing.signer(settings)
+    checkpoint = AuditCheckpoint(
+        seq=seq,
+        prev_seq=_last_checkpoint_seq(session),
+        head_hash=head_hash,
+        created_at=utcnow(),
+        every_events=settings.audit.checkpoint_every_events,
+        key_id=signer.key_id,
+    )
+    checkpoint.signature = signer.sign(_message_of(checkpoint))
+    session.add(checkpoint)
+    session.flush()
+    return checkpoint
+
+
+def _message_of(checkpoint: AuditCheckpoint) -> bytes:
+    return checkpoint_message(
+        seq=checkpoint.seq,
+        prev_seq=checkpoint.prev_seq,
+        head_hash=checkpoint.head_hash,
+        created_at=checkpoint.created_at,
+        every_events=checkpoint.every_events,
+        key_id=checkpoint.key_id,
+    )
+
+
+def write_checkpoint(*, session: Session, settings: Settings) -> AuditCheckpoint | None:
+    """Checkpoint the current head, unless it is checkpointed already (or the chain is empty):
+    running this twice in a row writes one checkpoint. Locks the head like `append`, so it
+    cannot interleave with one."""
+    head = session.get(AuditHead, 1, with_for_update=True)
+    if head is None or head.seq == 0 or head.seq == _last_checkpoint_seq(session):
+        return None
+    return _write_checkpoint(session, settings, head.seq, head.hash)
+
+
+def verify_checkpoints(
+    *, session: Session, public_keys: Mapping[str, Ed25519PublicKey], every_events: int
+) -> CheckpointResult:
+    """Check every checkpoint's signature, that it names the hash of the event at its seq,
+    that none is missing between them (`prev_seq` links), and that the head is not a whole
+    checkpoint interval past the last one (which appends would have prevented).
+
+    Run it in the same transaction as `verify`, after it, so both see one snapshot; the
+    events it compares against are then known to form a valid chain. `every_events` is the
+    interval in force now; a checkpoint carries the one in force when it was written, and
+    the larger of the two applies, so changing the setting raises no false alarm."""
+    head = session.get(AuditHead, 1)
+    head_seq = head.seq if head else 0
+    rows = session.execute(
+        select(AuditCheckpoint, AuditEvent.hash)
+        .outerjoin(AuditEvent, AuditEvent.seq == AuditCheckpoint.seq)
+        .order_by(AuditCheckpoint.seq)
+        .execution_options(yield_per=_VERIFY_BATCH)
+    ).tuples()
+    checked, last = 0, None
+    for checkpoint, hash_at_seq in rows:
+        broken = _check_checkpoint(checkpoint, hash_at_seq, public_keys, last, head_seq)
+        if broken:
+            return CheckpointResult(checked, last.seq if last else 0, broken)
+        checked, last = checked + 1, checkpoint
+    if last is not None and head_seq - last.seq >= max(last.every_events, every_events):
+        reason = (
+            f"no checkpoint after it, though the head (#{head_seq}) is more than "
+            f"{max(last.every_events, every_events)} events past it (removed?)"
+        )
+        return CheckpointResult(checked, last.seq, BrokenCheckpoint(last.seq, reason))
+    return CheckpointResult(checked, last.seq if last else 0, None)
+
+
+def _check_checkpoint(
+    checkpoint: AuditCheckpoint,
+    hash_at_seq: str | None,
+    public_keys: Mapping[str, Ed25519PublicKey],
+    previous: AuditCheckpoint | None,
+    head_seq: int,
+) -> BrokenCheckpoint | None:
+    seq = checkpoint.seq
+    key = public_keys.get(checkpoint.key_id)
+    if key is None:
+        trusted = ", ".join(sorted(k[:16] for k in public_keys)) or "none"
+        reason = f"it is signed by key {checkpoint.key_id[:16]}, which is not trusted ({trusted})"
+        return BrokenCheckpoint(seq, reason)
+    if not signing.verify_signature(key, _message_of(checkpoint), checkpoint.signature):
+        return BrokenCheckpoint(seq, "its signature does not verify (altered after signing)")
+    expected_prev = previous.seq if previous else 0
+    if checkpoint.prev_seq != expected_prev:
+        reason = (
+            f"it follows checkpoint #{checkpoint.prev_seq}, but the one before it is "
+            f"#{expected_prev} (a checkpoint was removed)"
+        )
+        return BrokenCheckpoint(seq, reason)
+    if seq > head_seq or hash_at_seq is None:
+        return BrokenCheckpoint(seq, f"event #{seq}, which it signs, is not in the chain")
+    if checkpoint.head_hash != hash_at_seq:
+        reason = f"event #{seq} does not have the hash it signs (the chain was rewritten)"
+        return BrokenCheckpoint(seq, reason)
+    return None
 
 
 def verify(*, session: Session) -> VerifyResult:

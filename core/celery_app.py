@@ -60,7 +60,21 @@ def configure(settings: Settings | None = None) -> Celery:
         task_time_limit=settings.worker.stage_time_limit_s,
         timezone="UTC",
         enable_utc=True,
+        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )
+    # Time-based audit checkpoints; appends write the count-based ones themselves.
+    app.conf.beat_schedule = {
+        **(app.conf.beat_schedule or {}),
+        "audit-checkpoint": {
+            "task": "audit.checkpoint",
+            "schedule": settings.audit.checkpoint_every_minutes * 60,
+        },
+        # Review tasks past their SLA go to legal by themselves.
+        "review-escalate-overdue": {
+            "task": "review.escalate_overdue",
+            "schedule": settings.review.escalation_check_seconds,
+        },
+    }
     return app
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -119,6 +119,58 @@ class MatchingSettings(BaseModel):
     nsfw: NsfwSettings = Field(default_factory=NsfwSettings)
 
 
+class Band(BaseModel):
+    """One check category's routing band, over its risk 0..1: below `auto_approve_below` the
+    category lets the image through, at or above `auto_reject_at` it rejects, in between a
+    person decides."""
+
+    auto_approve_below: float = Field(ge=0, le=1)
+    auto_reject_at: float = Field(ge=0, le=1.01)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Band:
+        if self.auto_reject_at < self.auto_approve_below:
+            raise ValueError("auto_reject_at must not be below auto_approve_below")
+        return self
+
+
+def _default_bands() -> dict[str, Band]:
+    # Risk 1.0 is a copy (or an NSFW reject label, or a blocked prompt) as the check itself
+    # judged it under the asset's thresholds; any other counted finding is worth a look.
+    return {
+        "catalogue": Band(auto_approve_below=0.05, auto_reject_at=1.0),
+        "nsfw": Band(auto_approve_below=0.05, auto_reject_at=1.0),
+        "prompt": Band(auto_approve_below=0.5, auto_reject_at=1.0),
+    }
+
+
+class RoutingSettings(BaseModel):
+    # Per check category: catalogue (protected assets), nsfw, prompt.
+    bands: dict[str, Band] = Field(default_factory=_default_bands)
+    # A random share of auto-approved jobs also goes to a person (quality control).
+    sample_rate: float = Field(default=0.02, ge=0, le=1)
+    # Tasks at or above this risk are high priority and need two reviewers (four-eyes).
+    high_risk_at: float = Field(default=0.85, ge=0, le=1)
+
+    @field_validator("bands")
+    @classmethod
+    def _known_categories(cls, bands: dict[str, Band]) -> dict[str, Band]:
+        unknown = sorted(set(bands) - set(_default_bands()))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; valid: {sorted(_default_bands())}")
+        return {**_default_bands(), **bands}
+
+
+class ReviewSettings(BaseModel):
+    # How long a claim lasts before the task returns to the queue.
+    lease_minutes: float = Field(default=15, gt=0)
+    # Time to a decision before the task escalates to legal by itself.
+    sla_hours_normal: float = Field(default=24, gt=0)
+    sla_hours_high: float = Field(default=4, gt=0)
+    # How often Celery beat looks for SLA breaches.
+    escalation_check_seconds: float = Field(default=60, gt=0)
+
+
 class WorkerSettings(BaseModel):
     concurrency: int = Field(default=1, ge=1)
     max_tasks_per_child: int = Field(default=200, ge=1)
@@ -130,6 +182,36 @@ class WorkerSettings(BaseModel):
     max_stage_attempts: int = Field(default=3, ge=1)
     # Retries of a stage on transient errors (database or broker briefly unreachable).
     transient_retries: int = Field(default=5, ge=0)
+
+
+class AuditSettings(BaseModel):
+    """Signed checkpoints of the audit chain head, and the key that signs them and exports."""
+
+    # A checkpoint is written in the transaction of every Nth event, and by the beat task
+    # every M minutes when events came since the last one.
+    checkpoint_every_events: int = Field(default=100, ge=1)
+    checkpoint_every_minutes: float = Field(default=10.0, gt=0)
+    # Ed25519 private key, PEM (PKCS#8). Default: DATA_DIR/audit-signing/signing-key.pem,
+    # created on first use with its public key next to it (signing-key.pub.pem). A key named
+    # here is never created: production provisions it.
+    signing_key_file: Path | None = None
+    # Public keys (PEM) of earlier signing keys: what they signed still verifies after the
+    # signing key is rotated.
+    trusted_public_keys: list[Path] = Field(default_factory=list)
+
+
+class ProvenanceSettings(BaseModel):
+    """The key that signs the C2PA manifest of every released image (EU AI Act Art. 50(2))."""
+
+    # PEM private key (EC P-256/P-384, Ed25519 or RSA) and PEM certificate chain (the signing
+    # certificate first, then its issuers; C2PA refuses a lone self-signed certificate).
+    # Default: DATA_DIR/signing/signing-key.pem and signing-chain.pem, made by a local CA on
+    # first release (or `clearance keys init-signing`). Named files are never created.
+    signing_key: Path | None = None
+    certificate_chain: Path | None = None
+    # RFC 3161 timestamp authority; none signs without a trusted timestamp (works offline).
+    timestamp_url: str | None = None
+    jpeg_quality: int = Field(default=92, ge=1, le=95)
 
 
 class Settings(BaseSettings):
@@ -148,6 +230,10 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     matching: MatchingSettings = Field(default_factory=MatchingSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -172,8 +258,20 @@ class Settings(BaseSettings):
         return self.data_dir / "index"
 
     @property
+    def signing_key_path(self) -> Path:
+        return self.provenance.signing_key or self.data_dir / "signing" / "signing-key.pem"
+
+    @property
+    def certificate_chain_path(self) -> Path:
+        return self.provenance.certificate_chain or self.data_dir / "signing" / "signing-chain.pem"
+
+    @property
     def tiny_model_dir(self) -> Path:
         return self.generation.tiny_model_dir or self.data_dir / "models" / "tiny-flux"
+
+    @property
+    def audit_signing_key_file(self) -> Path:
+        return self.audit.signing_key_file or self.data_dir / "audit-signing" / "signing-key.pem"
 
 
 @lru_cache(maxsize=1)

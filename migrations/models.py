@@ -6,6 +6,7 @@ from core.db import Base
 from generation import models as generation_models
 from pipeline import models as pipeline_models
 from reference_index import models as reference_index_models
+from review import models as review_models
 
 metadata = Base.metadata
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "metadata",
     "pipeline_models",
     "reference_index_models",
+    "review_models",
 ]

@@ -21,3 +21,14 @@ class EnqueueError(UnavailableError):
 
 class UploadNotFoundError(NotFoundError):
     code = "upload_not_found"
+
+
+class SigningError(UnavailableError):
+    """The released image cannot be signed (key or certificates missing or unusable, or the
+    C2PA signing itself failed); nothing is released unsigned."""
+
+    code = "signing_unavailable"
+
+
+class SigningKeyExistsError(ConflictError):
+    code = "signing_key_exists"

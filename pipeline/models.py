@@ -71,6 +71,8 @@ class Job(Base):
     # Denoising progress while generating: step `progress_step` of `progress_total`.
     progress_step: Mapped[int | None]
     progress_total: Mapped[int | None]
+    # Copied from the tenant at submission: every image of this job needs a person's approval.
+    require_human_approval: Mapped[bool] = mapped_column(default=False)
     state: Mapped[str] = mapped_column(String(20), default=QUEUED, index=True)
     model: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[str | None] = mapped_column(Text)
@@ -135,6 +137,10 @@ class JobImage(Base):
     check: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     matches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     released_at: Mapped[datetime | None]
+    # The signed copies served once released (blob names): the PNG, and a JPEG made from it,
+    # each with its own C2PA manifest and IPTC XMP. Nothing unsigned is ever served.
+    released_sha256: Mapped[str | None] = mapped_column(String(64))
+    released_jpeg_sha256: Mapped[str | None] = mapped_column(String(64))
 
     job: Mapped[Job] = relationship(back_populates="images")
 

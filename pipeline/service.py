@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -44,6 +45,8 @@ class NewJob:
     project: str = ""
     input_image: str | None = None
     loras: list[tuple[str, float]] = field(default_factory=list)
+    # The tenant's setting at submission: every image goes to a person.
+    require_human_approval: bool = False
 
 
 def store_upload(
@@ -151,6 +154,7 @@ def create_job(
         input_image_sha256=upload.blob_sha256 if upload else None,
         loras=[{"name": name, "scale": scale} for name, scale in request.loras],
         estimated_cost_usd=estimate,
+        require_human_approval=request.require_human_approval,
     )
     session.add(job)
     session.flush()
@@ -195,7 +199,16 @@ def job_costs(*, session: Session, job_id: str) -> dict[int, Decimal]:
     return {index: amount for index, amount in rows}  # noqa: C416 (typed rows, not pairs)
 
 
-def released_image(*, session: Session, blobs: BlobStore, tenant_id: str, image_id: str) -> bytes:
+def released_image(
+    *,
+    session: Session,
+    blobs: BlobStore,
+    tenant_id: str,
+    image_id: str,
+    image_format: Literal["png", "jpeg"] = "png",
+) -> bytes:
+    """The signed copy of a released image (C2PA manifest and IPTC XMP); never the unsigned
+    generated one."""
     image = session.get(JobImage, image_id)
     if image is None or image.job.tenant_id != tenant_id:
         raise ImageNotFoundError(f"image {image_id!r} does not exist", field="image_id")
@@ -204,4 +217,11 @@ def released_image(*, session: Session, blobs: BlobStore, tenant_id: str, image_
             f"image {image_id!r} is not released (job state: {image.job.state})",
             field="image_id",
         )
-    return blobs.get(image.blob_sha256)
+    signed = image.released_jpeg_sha256 if image_format == "jpeg" else image.released_sha256
+    if signed is None:
+        raise ImageNotReleasedError(
+            f"image {image_id!r} was released before provenance signing; it has no signed "
+            f"{image_format.upper()} copy",
+            field="image_id",
+        )
+    return blobs.get(signed)

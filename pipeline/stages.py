@@ -9,6 +9,7 @@ decision or audit event. Each function returns whether the chain should go on.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +32,8 @@ from generation.models import ProviderRequestRecord
 from generation.schemas import GenerationSpec
 from generation.variants import VARIANTS
 from pipeline import policy as prompt_policy
-from pipeline import routing
-from pipeline.errors import JobNotFoundError
+from pipeline import provenance, routing
+from pipeline.errors import JobNotFoundError, SigningError
 from pipeline.models import (
     APPROVED,
     BLOCKED,
@@ -52,6 +53,8 @@ from pipeline.models import (
 )
 from pipeline.policy import PromptRequest
 from reference_index import checks
+from review import queue
+from review.models import HIGH, NORMAL
 from review.schemas import Use
 
 ACTOR = "system:pipeline"
@@ -435,20 +438,65 @@ def route(job_id: str, ctx: StageContext) -> bool:
             prompt.decision if prompt else None,
             images.decision if images else None,
             images.reasons if images else [],
+            settings=ctx.settings.routing,
+            sample_draw=random.random(),  # noqa: S311 (a quality sample, not a secret)
+            require_human_approval=job.require_human_approval,
         )
-        _record_decision(session, job, ROUTE, chosen.state, chosen.reasons, band=chosen.band)
+        _record_decision(
+            session,
+            job,
+            ROUTE,
+            chosen.state,
+            chosen.reasons,
+            band=chosen.band,
+            risk=chosen.risk,
+            categories=chosen.categories,
+        )
         set_state(session, job, chosen.state, stage=ROUTE, band=chosen.band)
+        if chosen.state == IN_REVIEW:
+            priority = HIGH if chosen.risk >= ctx.settings.routing.high_risk_at else NORMAL
+            queue.open_task(
+                session=session,
+                tenant_id=job.tenant_id,
+                job_id=job.id,
+                requester=job.created_by,
+                priority=priority,
+                band=chosen.band,
+                reasons=chosen.reasons,
+                sla=queue.sla(ctx.settings.review, priority),
+                actor=ACTOR,
+            )
         _finish(session, job_id, ROUTE, chosen.band)
         return job.state not in SETTLED_STATES
 
 
 def release(job_id: str, ctx: StageContext) -> bool:
+    """Sign each image (C2PA manifest and IPTC XMP, as PNG and as JPEG) and release the
+    signed copies. Fail closed: if any image cannot be signed, the job fails and nothing is
+    released."""
+    if _begin(job_id, RELEASE, ctx) is None:
+        return False
+    try:
+        with read_scope() as session:
+            facts = provenance.release_facts(session=session, job=session.get_one(Job, job_id))
+        credentials = provenance.load_credentials(ctx.settings)
+        signed = []
+        for f in facts:
+            png = ctx.blobs.get(f.generated_sha256)
+            signed.append((f, provenance.signed_copies(png, f, credentials, ctx.settings)))
+    except SigningError as e:
+        fail_job(job_id, RELEASE, e.detail)
+        return False
+    # Signatures differ on every run, so a redelivered task stores other blobs; only the
+    # delivery that records below is ever served.
+    stored = {f.image_id: (ctx.blobs.put(s.png), ctx.blobs.put(s.jpeg)) for f, s in signed}
     with session_scope() as session:
-        job = _claim(session, job_id, RELEASE, ctx.settings.worker.max_stage_attempts)
+        job = _reclaim(session, job_id, RELEASE)
         if job is None:
             return False
         now = utcnow()
         for image in job.images:
+            image.released_sha256, image.released_jpeg_sha256 = stored[image.id]
             image.released_at = now
         audit.append(
             session=session,
@@ -456,7 +504,19 @@ def release(job_id: str, ctx: StageContext) -> bool:
             tenant_id=job.tenant_id,
             type="job.released",
             subject=f"job:{job_id}",
-            payload={"images": [{"id": i.id, "sha256": i.blob_sha256} for i in job.images]},
+            payload={
+                "images": [
+                    {
+                        "id": i.id,
+                        "sha256": i.blob_sha256,
+                        "signed_sha256": i.released_sha256,
+                        "signed_jpeg_sha256": i.released_jpeg_sha256,
+                    }
+                    for i in job.images
+                ],
+                "approval_event_hash": facts[0].approval_event_hash if facts else None,
+                "signer": {"subject": credentials.subject, "sha256": credentials.fingerprint},
+            },
         )
         set_state(session, job, RELEASED, stage=RELEASE)
         _finish(session, job_id, RELEASE, "released")

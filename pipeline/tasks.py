@@ -79,3 +79,11 @@ def enqueue(job_id: str) -> None:
         pipeline.apply_async()
     except BrokerError as e:
         raise EnqueueError(f"the task broker is unreachable: {e}") from e
+
+
+def enqueue_release(job_id: str) -> None:
+    """Release a job a person approved. Call after the decision's transaction has committed."""
+    try:
+        release.si(job_id).apply_async()
+    except BrokerError as e:
+        raise EnqueueError(f"the task broker is unreachable: {e}") from e

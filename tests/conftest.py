@@ -211,6 +211,8 @@ def settings(
     monkeypatch.setenv("CLEARANCE_BROKER_URL", f"sqla+sqlite:///{broker_file}")
     purge_broker(broker_file)
     monkeypatch.setenv("CLEARANCE_GENERATION__TINY_MODEL_DIR", str(tiny_model_dir))
+    # No random quality sample: a test knows which jobs a person must see.
+    monkeypatch.setenv("CLEARANCE_ROUTING__SAMPLE_RATE", "0")
     reset_caches()
     celery_app.configure(get_settings())
     yield get_settings()

@@ -63,3 +63,14 @@ def test_worker_refuses_unknown_queues(settings: Settings) -> None:
     code, _, err = run("worker", "--queues", "gpu,fast")
     assert code == 1
     assert "unknown queue(s) ['fast']" in err
+
+
+def test_a_tenant_can_require_human_approval_of_every_image(settings: Settings) -> None:
+    from api.models import Tenant
+
+    assert run("tenants", "create", "plain")[0] == 0
+    assert run("tenants", "create", "careful", "--require-human-approval")[0] == 0
+    with read_scope() as session:
+        rows = session.execute(select(Tenant.name, Tenant.require_human_approval)).all()
+    flags = {row.name: row.require_human_approval for row in rows}
+    assert flags == {"plain": False, "careful": True}

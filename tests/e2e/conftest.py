@@ -176,6 +176,8 @@ def service(
 ) -> Iterator[Service]:
     env = _embedded(tmp_path) if request.param == "embedded" else _postgres_redis(tmp_path, request)
     env["CLEARANCE_GENERATION__TINY_MODEL_DIR"] = str(tiny_model_dir)
+    # No random quality sample: a test knows which jobs a person must see.
+    env["CLEARANCE_ROUTING__SAMPLE_RATE"] = "0"
     service = Service(tmp_path, env)
     service.cli("db", "upgrade")
     try:

@@ -1,0 +1,128 @@
+"""HTTP routes of the audit log for legal: signed exports and the key that signs them."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+from starlette.background import BackgroundTask
+
+from api import auth
+from api.auth import Principal
+from api.deps import PrincipalDep, SettingsDep
+from api.errors import ERRORS
+from api.models import Tenant
+from audit import export, signing
+from audit import service as audit
+from core.db import read_scope, session_scope, utcnow
+from core.errors import PermissionDeniedError
+
+router = APIRouter()
+
+EXPORT_ROLES = ("legal", "admin")
+
+
+class PublicKeyOut(BaseModel):
+    key_id: str
+    public_key_pem: str
+
+
+def _export_tenant(principal: Principal, tenant: str | None) -> tuple[str | None, str | None]:
+    """(tenant id, name) to export: legal gets its own tenant only, admin any tenant or all."""
+    with read_scope() as session:
+        if principal.role == "admin":
+            if tenant is None:
+                return None, None
+            return auth.tenant_by_name(session=session, name=tenant).id, tenant
+        own = session.get(Tenant, principal.tenant_id)
+        own_name = own.name if own else None
+        if tenant is not None and tenant != own_name:
+            raise PermissionDeniedError(
+                f"tenant: role {principal.role!r} may export only its own tenant ({own_name!r})",
+                field="tenant",
+            )
+        return principal.tenant_id, own_name
+
+
+@router.get(
+    "/v1/audit/export",
+    response_class=FileResponse,
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"application/zip": {}},
+            "description": "A zip of the export and its signed manifest.",
+        },
+    },
+)
+def export_audit(
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    start: Annotated[
+        str | None,
+        Query(alias="from", description="ISO date or date-time (UTC unless zoned); inclusive."),
+    ] = None,
+    end: Annotated[
+        str | None, Query(alias="to", description="Inclusive; a date includes the whole day.")
+    ] = None,
+    tenant: Annotated[
+        str | None, Query(description="Tenant name; role legal: its own only (the default).")
+    ] = None,
+    format: Literal["jsonl", "csv"] = "jsonl",
+) -> FileResponse:
+    """Audit events in seq order, as `audit-export-TIME.FORMAT` with
+    `audit-export-TIME.FORMAT.manifest.json` (signed: count, first and last hash, filter,
+    sha256 of the export) in one zip. `clearance audit verify-export FILE.zip` checks it
+    offline. Roles legal (its own tenant) and admin (any tenant, or all)."""
+    principal.require(*EXPORT_ROLES)
+    # Bad dates are named before the tenant is looked up.
+    export.make_filter(start=start, end=end, tenant_id=None, tenant=tenant, fmt=format)
+    tenant_id, tenant_name = _export_tenant(principal, tenant)
+    wanted = export.make_filter(
+        start=start, end=end, tenant_id=tenant_id, tenant=tenant_name, fmt=format
+    )
+    signer = signing.signer(settings)
+    folder = Path(tempfile.mkdtemp(prefix="clearance-audit-export-"))
+    try:
+        name = f"audit-export-{utcnow():%Y%m%dT%H%M%SZ}.{format}"
+        with (folder / name).open("wb") as file, read_scope() as session:
+            manifest = export.write_export(
+                session=session, filter=wanted, fmt=format, out=file, signer=signer
+            )
+        archive_path = folder / f"{name}.zip"
+        with zipfile.ZipFile(archive_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.write(folder / name, name)
+            archive.writestr(name + export.MANIFEST_SUFFIX, export.manifest_bytes(manifest))
+        with session_scope() as session:
+            audit.append(
+                session=session,
+                actor=principal.actor,
+                type="audit.exported",
+                subject="audit",
+                tenant_id=tenant_id or principal.tenant_id,
+                payload={k: manifest[k] for k in ("filter", "count", "sha256", "export_format")},
+            )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return FileResponse(
+        archive_path,
+        media_type="application/zip",
+        filename=archive_path.name,
+        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
+    )
+
+
+@router.get("/v1/audit/public-key", response_model=PublicKeyOut, responses=ERRORS)
+def public_key(principal: PrincipalDep, settings: SettingsDep) -> PublicKeyOut:
+    """The Ed25519 public key that signs checkpoints and exports: keep it to verify exports
+    offline (`clearance audit verify-export FILE --public-key KEY.pem`). Roles legal, admin."""
+    principal.require(*EXPORT_ROLES)
+    signer = signing.signer(settings)
+    return PublicKeyOut(key_id=signer.key_id, public_key_pem=signing.public_pem(signer.public_key))

@@ -1,0 +1,111 @@
+"""HTTP routes of the human review queue, and appeals."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from fastapi import APIRouter, Query
+
+from api.deps import PrincipalDep, ReadSessionDep, SettingsDep
+from api.errors import ERRORS
+from api.schemas import AppealIn, ReviewDecisionIn, ReviewTaskOut
+from core.db import session_scope, utcnow
+from pipeline import reviews, tasks
+from review import queue
+from review.models import CLAIMED, OPEN, ReviewTask
+
+router = APIRouter()
+log = logging.getLogger(__name__)
+
+
+def task_out(task: ReviewTask) -> ReviewTaskOut:
+    out = ReviewTaskOut.model_validate(task)
+    # A lapsed claim is back in the queue.
+    lapsed = task.state == CLAIMED and task.lease_expires_at and task.lease_expires_at <= utcnow()
+    return out.model_copy(update={"state": OPEN, "claimed_by": None}) if lapsed else out
+
+
+@router.get("/v1/reviews", response_model=list[ReviewTaskOut], responses=ERRORS)
+def list_reviews(
+    principal: PrincipalDep,
+    session: ReadSessionDep,
+    state: str | None = Query(default=None, description="open, claimed, escalated or decided"),
+    limit: int = Query(default=100, ge=1, le=500),
+) -> list[ReviewTaskOut]:
+    """The tenant's review tasks, the most urgent first (high priority, earliest due)."""
+    principal.require(*queue.REVIEWER_ROLES)
+    found = queue.list_tasks(
+        session=session, tenant_id=principal.tenant_id, state=state, limit=limit
+    )
+    return [task_out(t) for t in found]
+
+
+@router.get("/v1/reviews/{task_id}", response_model=ReviewTaskOut, responses=ERRORS)
+def get_review(task_id: str, principal: PrincipalDep, session: ReadSessionDep) -> ReviewTaskOut:
+    principal.require(*queue.REVIEWER_ROLES)
+    return task_out(queue.get_task(session=session, tenant_id=principal.tenant_id, task_id=task_id))
+
+
+@router.post("/v1/reviews/{task_id}/claim", response_model=ReviewTaskOut, responses=ERRORS)
+def claim_review(task_id: str, principal: PrincipalDep, settings: SettingsDep) -> ReviewTaskOut:
+    """Claim a task for the lease time (settings.review.lease_minutes); 409 when someone else
+    holds a live claim."""
+    principal.require(*queue.REVIEWER_ROLES)
+    with session_scope() as session:
+        task = queue.claim(
+            session=session,
+            tenant_id=principal.tenant_id,
+            task_id=task_id,
+            reviewer=principal.actor,
+            role=principal.role,
+            lease=timedelta(minutes=settings.review.lease_minutes),
+        )
+        return task_out(task)
+
+
+@router.post("/v1/reviews/{task_id}/decision", response_model=ReviewTaskOut, responses=ERRORS)
+def decide_review(
+    task_id: str, body: ReviewDecisionIn, principal: PrincipalDep, settings: SettingsDep
+) -> ReviewTaskOut:
+    """Approve, reject or escalate (to legal) a claimed task, with a reason code and a note.
+    Of two decisions at once on one task exactly one wins; the other gets 409."""
+    principal.require(*queue.REVIEWER_ROLES)
+    with session_scope() as session:
+        task, approved = reviews.decide(
+            session=session,
+            settings=settings,
+            tenant_id=principal.tenant_id,
+            task_id=task_id,
+            reviewer=principal.actor,
+            role=principal.role,
+            decision=body.decision,
+            reason=body.reason,
+            note=body.note,
+        )
+        out = task_out(task)
+    if approved:
+        # After the commit, so the release stage finds the job approved. If the broker is
+        # down the job stays approved and unreleased (nothing leaks) and this answers 503.
+        tasks.enqueue_release(task.job_id)
+    return out
+
+
+@router.post(
+    "/v1/jobs/{job_id}/appeal", status_code=201, response_model=ReviewTaskOut, responses=ERRORS
+)
+def appeal_job(
+    job_id: str, body: AppealIn, principal: PrincipalDep, settings: SettingsDep
+) -> ReviewTaskOut:
+    """Appeal a rejection once, with a note; a reviewer who did not reject it decides."""
+    principal.require("requester", "admin")
+    with session_scope() as session:
+        task = reviews.appeal(
+            session=session,
+            settings=settings,
+            tenant_id=principal.tenant_id,
+            job_id=job_id,
+            requester=principal.actor,
+            note=body.note,
+        )
+        return task_out(task)
