@@ -190,7 +190,9 @@ def _index_candidates(
     def keypoint_matches() -> None:
         for hit in loaded.keypoints.search(rgb):
             exemplar = loaded.exemplars.get(hit.exemplar_id)
-            asset = assets.get(hit.asset_id)
+            if exemplar is None:  # not in this version's exemplar table: cannot be judged
+                continue
+            asset = assets.get(exemplar.asset_id)
             if hit.inliers < _threshold(
                 asset, "keypoint_min_inliers", settings.matching.keypoint_min_inliers
             ):
@@ -198,8 +200,8 @@ def _index_candidates(
             found.append(
                 _Candidate(
                     Match(
-                        asset_id=hit.asset_id,
-                        asset_name=asset.name if asset else hit.asset_id,
+                        asset_id=exemplar.asset_id,
+                        asset_name=asset.name if asset else exemplar.asset_id,
                         matcher="keypoints",
                         score=round(hit.score, 4),
                         strength="reject"
@@ -209,7 +211,7 @@ def _index_candidates(
                         box=list(hit.box),
                         detail=f"{hit.inliers} inliers of a homography to an exemplar",
                     ),
-                    exemplar is not None and exemplar.polarity == "negative",
+                    exemplar.polarity == "negative",
                 )
             )
 
@@ -218,9 +220,16 @@ def _index_candidates(
     return found
 
 
+# Scores of strong matches saturate near 1, where a few hundredths are noise (a pixel of
+# JPEG or rounding in the generator): a negative within this much of the exemplar's score
+# matches as well as it does.
+NEGATIVE_MARGIN = 0.02
+
+
 def _apply_negatives(candidates: list[_Candidate]) -> tuple[list[Match], list[dict[str, Any]]]:
     """An approved look-alike (negative exemplar) that matches at least as well as the
-    asset's own exemplars, with the same matcher, silences that asset for that matcher."""
+    asset's own exemplars (within NEGATIVE_MARGIN), with the same matcher, silences that
+    asset for that matcher."""
     best_negative: dict[tuple[str, str], float] = {}
     for c in candidates:
         if c.negative:
@@ -231,7 +240,7 @@ def _apply_negatives(candidates: list[_Candidate]) -> tuple[list[Match], list[di
         if c.negative:
             continue
         negative = best_negative.get((c.match.asset_id, c.match.matcher))
-        if negative is not None and negative >= c.match.score:
+        if negative is not None and negative >= c.match.score - NEGATIVE_MARGIN:
             suppressed.append(
                 {
                     "asset_id": c.match.asset_id,

@@ -109,6 +109,15 @@ def _asset_texts(session: Session) -> tuple[list[str], list[str]]:
     return assets, labels
 
 
+def _keypoint_group(reference: ReferenceImage) -> str:
+    """The keypoint index keeps the best match per group; an asset's negative exemplars are
+    a group of their own, so a look-alike matching a negative is never hidden behind a
+    slightly better match to one of the asset's exemplars (checks.py compares the two)."""
+    if reference.polarity == "negative":
+        return f"{reference.asset_id}/negative"
+    return reference.asset_id
+
+
 def _embed_references(
     references: list[ReferenceImage],
     blobs: BlobStore,
@@ -125,7 +134,7 @@ def _embed_references(
         images = [decode_image(blobs.get(r.blob_sha256), field="exemplar") for r in batch]
         vectors.add(embedder.embed_images(images), [r.id for r in batch])
         for reference, image in zip(batch, images, strict=True):
-            keypoints.add(reference.id, reference.asset_id, to_array(image))
+            keypoints.add(reference.id, _keypoint_group(reference), to_array(image))
         if progress is not None:
             progress(done + start + len(batch), total)
 

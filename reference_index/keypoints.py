@@ -6,12 +6,14 @@ angle, partly covered, or printed somewhere inside a larger picture, and says wh
 
 How a search works:
 
-1. ORB features of the query (grayscale; upscaled when tiny, downscaled when huge), picked per
-   cell of a grid at each pyramid level so a small logo keeps its features next to a busy
-   photo.
+1. ORB features of the query (upscaled when tiny, downscaled when huge), picked per cell of a
+   grid at each pyramid level so a small logo keeps its features next to a busy photo; on
+   luma and on HSL lightness, which a hue rotation leaves alone (a recoloured copy can lose
+   its luma edges). Exemplars are described on both too.
 2. For each query descriptor, its nearest exemplar descriptors (Hamming) from one faiss binary
    index over all exemplars: exact while the index is small, an inverted file (IVF) once it is
-   big enough to train one. Exemplars are never compared one at a time.
+   big enough to train one, searched on the calling thread only. Exemplars are never
+   compared one at a time.
 3. Each correspondence votes for (exemplar, rotation, scale) from the two keypoints' angles
    and sizes; a true logo puts many votes in one cell, chance matches scatter. The best cells
    are candidates.
@@ -92,6 +94,9 @@ class KeypointThresholds:
     query_min_side: int = 256
     query_features: int = 5000
     query_levels: int = 8
+    # Queries and exemplars are also described on HSL lightness (see _lightness), which a
+    # hue rotation leaves alone; the query with this share of query_features.
+    lightness_share: float = 0.5
     # At most this many features per cell of `cell` pixels (scaled with the pyramid level).
     cell: int = 64
     per_cell: int = 40
@@ -191,6 +196,30 @@ def _gray(rgb: np.ndarray) -> Array:
     raise ValueError(f"expected an HxW or HxWx3 image, got shape {array.shape}")
 
 
+def _lightness(rgb: Array) -> Array | None:
+    """HSL lightness, (max + min) / 2 of R, G and B: unchanged when the hues are rotated
+    (a recoloured copy), where luma can lose an edge or flip its polarity. None for a grey
+    image, where it is the luma."""
+    if rgb.ndim == 2:
+        return None
+    high = rgb.max(axis=2)
+    low = rgb.min(axis=2)
+    if np.array_equal(high, low):
+        return None
+    lightness: Array = ((high.astype(np.uint16) + low + 1) // 2).astype(np.uint8)
+    return lightness
+
+
+def _join(found: list[_Features]) -> _Features | None:
+    if not found:
+        return None
+    if len(found) == 1:
+        return found[0]
+    return _Features(
+        np.concatenate([f.geometry for f in found]), np.concatenate([f.descriptors for f in found])
+    )
+
+
 def _orb(features: int, levels: int, fast_threshold: int, scale: float) -> Any:
     return cv2.ORB.create(
         nfeatures=features,
@@ -224,8 +253,10 @@ def _spread(keypoints: Any, cell: int, per_cell: int, limit: int, scale: float) 
         return []
     data = np.array([(k.pt[0], k.pt[1], k.response, k.octave) for k in keypoints])
     size = cell * scale ** data[:, 3]
-    cells = np.stack([data[:, 3], np.floor(data[:, 0] / size), np.floor(data[:, 1] / size)], axis=1)
-    _, cell_of = np.unique(cells, axis=0, return_inverse=True)
+    column = np.floor(data[:, 0] / size).astype(np.int64)
+    line = np.floor(data[:, 1] / size).astype(np.int64)
+    cells = (data[:, 3].astype(np.int64) * 4096 + column) * 4096 + line
+    _, cell_of = np.unique(cells, return_inverse=True)
     order = np.lexsort((-data[:, 2], cell_of.ravel()))
     sorted_cells = cell_of.ravel()[order]
     starts = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]])
@@ -364,12 +395,26 @@ def _near(points: Array, targets: Array, radius: float) -> tuple[Array, Array]:
     return i[close], j[close]
 
 
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _hamming(a: Array, b: Array) -> Array:
+    """Row-wise Hamming distances between two (n, 32) uint8 descriptor arrays."""
+    differing = np.bitwise_xor(a, b)
+    distances: Array = _POPCOUNT[differing].sum(axis=1, dtype=np.int32)
+    return distances
+
+
 def _distinct(source: Array, target: Array) -> int:
     """Correspondences at distinct places: ORB finds one corner at several pyramid levels,
     and one point matched many times is one piece of evidence."""
-    return min(
-        len(np.unique(np.round(source / 2), axis=0)), len(np.unique(np.round(target / 2), axis=0))
-    )
+    return min(_places(source), _places(target))
+
+
+def _places(points: Array) -> int:
+    """How many distinct places (2-pixel cells) the (n, 2) points are at."""
+    cells = np.round(np.asarray(points, np.float64) / 2).astype(np.int64) + (1 << 20)
+    return len(np.unique(cells[:, 0] << 22 | cells[:, 1]))
 
 
 class KeypointIndex:
@@ -423,9 +468,16 @@ class KeypointIndex:
         scale = t.exemplar_side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         shrink = scale < 1
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-        padded = _padded(gray)
-        features = _describe(self._exemplar_orb, padded, self._exemplar_orb.detect(padded, None))
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        described = []
+        for channel in (gray, _lightness(_rgb(rgb))):
+            if channel is None:
+                continue
+            padded = _padded(cv2.resize(channel, size, interpolation=interpolation))
+            one = _describe(self._exemplar_orb, padded, self._exemplar_orb.detect(padded, None))
+            if one is not None:
+                described.append(one)
+        features = _join(described)
         row = len(self._exemplar_ids)
         self._exemplar_ids.append(exemplar_id)
         self._asset_ids.append(asset_id)
@@ -489,27 +541,42 @@ class KeypointIndex:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
             colour = cv2.resize(colour, size, interpolation=interpolation)
-        padded = _padded(_gray(colour))
-        keypoints = _spread(
-            self._query_orb.detect(padded, None), t.cell, t.per_cell, t.query_features, 1.2
-        )
-        features = _describe(self._query_orb, padded, keypoints) if keypoints else None
+        # Luma with the full budget (a small logo in a busy photo needs it), lightness with
+        # a share of it: a recoloured copy needs only its outline there.
+        described = []
+        channels = [(_gray(colour), t.query_features)]
+        lightness = _lightness(colour)
+        if lightness is not None:
+            channels.append((lightness, round(t.query_features * t.lightness_share)))
+        for channel, budget in channels:
+            padded = _padded(channel)
+            keypoints = _spread(
+                self._query_orb.detect(padded, None), t.cell, t.per_cell, budget, 1.2
+            )
+            one = _describe(self._query_orb, padded, keypoints) if keypoints else None
+            if one is not None:
+                described.append(one)
+        features = _join(described)
         if features is None:
             return None
         return _Query(features, scale, colour, (height, width))
 
     def search(self, rgb: np.ndarray) -> list[KeypointMatch]:
         """The best verified match of each asset found in `rgb` (HxW, HxWx3 or HxWx4 uint8),
-        best first; [] when nothing passes."""
+        best first; [] when nothing passes. Deterministic: the same image gives the same
+        matches and scores every time."""
         if self._index.ntotal == 0:
             return []
+        # RANSAC draws from OpenCV's per-thread generator; a fixed seed per search makes a
+        # decision repeatable (and an approved look-alike score the same as when approved).
+        cv2.setRNGSeed(0)
         query = self._query(rgb)
         if query is None:
             return []
         t = self.thresholds
         if isinstance(self._index, faiss.IndexBinaryIVF):
             self._index.nprobe = t.nprobe
-        distances, ids = self._index.search(query.features.descriptors, t.neighbours)
+        distances, ids = _search_one_thread(self._index, query.features.descriptors, t.neighbours)
         keep = (
             (ids >= 0)
             & (distances <= t.max_hamming)
@@ -566,6 +633,9 @@ class KeypointIndex:
             + pose[:, None, :]
         ).reshape(len(owner), 4)
         unique, counts = np.unique(keys, return_counts=True)
+        # Each exemplar's correspondences, found by bisection rather than a scan per candidate.
+        by_owner = np.argsort(owner, kind="stable")
+        owners_sorted = owner[by_owner]
         candidates: list[tuple[int, Array]] = []
         seen: set[int] = set()
         for cell in np.argsort(-counts, kind="stable"):
@@ -579,13 +649,15 @@ class KeypointIndex:
             scale_bin, rest = divmod(rest, 65536)
             x_bin, y_bin = divmod(rest, 256)
             # The cell's correspondences and those in the neighbouring position cells.
+            start, stop = np.searchsorted(owners_sorted, [row, row + 1])
+            mine = by_owner[start:stop]
             near = (
-                (angle_bins[:, :, None] == angle_bin)
-                & (scale_bins[:, None, :] + 32 == scale_bin)
-                & (np.abs(x_bins[:, None, :] + 128 - x_bin) <= 1)
-                & (np.abs(y_bins[:, None, :] + 128 - y_bin) <= 1)
-            ).any(axis=(1, 2)) & (owner == row)
-            candidates.append((row, np.flatnonzero(near)))
+                (angle_bins[mine, :, None] == angle_bin)
+                & (scale_bins[mine, None, :] + 32 == scale_bin)
+                & (np.abs(x_bins[mine, None, :] + 128 - x_bin) <= 1)
+                & (np.abs(y_bins[mine, None, :] + 128 - y_bin) <= 1)
+            ).any(axis=(1, 2))
+            candidates.append((row, np.sort(mine[near])))
         return candidates
 
     def _verify(self, row: int, seeds: tuple[Array, Array], query: _Query) -> KeypointMatch | None:
@@ -697,15 +769,16 @@ class KeypointIndex:
         rows = np.flatnonzero(expected)
         if not len(rows):
             return exemplar, np.zeros((0, 2), np.int64), 0
-        n_expected = len(np.unique(np.round(points[rows] / 2), axis=0))
+        n_expected = _places(points[rows])
         q_index, e_index = _near(found.geometry[:, :2], at[rows], radius)
         e_rows = rows[e_index]
         turn = found.geometry[q_index, 2] - exemplar.geometry[e_rows, 2] - rotation[e_rows]
         turn = np.mod(turn + 180, 360) - 180
         ratio = np.log2(found.geometry[q_index, 3] / size[e_rows])
-        differing = np.bitwise_xor(found.descriptors[q_index], exemplar.descriptors[e_rows])
-        hamming = np.unpackbits(differing, axis=1).sum(axis=1)
-        ok = (np.abs(turn) <= 30) & (np.abs(ratio) <= 0.8) & (hamming <= t.max_hamming)
+        ok = (np.abs(turn) <= 30) & (np.abs(ratio) <= 0.8)
+        q_index, e_rows = q_index[ok], e_rows[ok]
+        hamming = _hamming(found.descriptors[q_index], exemplar.descriptors[e_rows])
+        ok = hamming <= t.max_hamming
         q_index, e_rows, hamming = q_index[ok], e_rows[ok], hamming[ok]
         if not len(e_rows):
             return exemplar, np.zeros((0, 2), np.int64), n_expected
@@ -871,6 +944,20 @@ class KeypointIndex:
         if len(joined[0]):
             index._chunks = [joined]
         return index
+
+
+def _search_one_thread(index: Any, descriptors: Array, k: int) -> tuple[Array, Array]:
+    """index.search on the calling thread alone. faiss spreads a batch over OpenMP threads;
+    on a small, busy machine (or beside other searches) those threads wait on each other and
+    a 30 ms search takes 150-300 ms. The OpenMP thread count is per calling thread, so this
+    does not change other threads' searches."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        distances, ids = index.search(descriptors, k)
+    finally:
+        faiss.omp_set_num_threads(previous)
+    return distances, ids
 
 
 def _two_nearest(values: Array) -> Array:

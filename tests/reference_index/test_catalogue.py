@@ -848,3 +848,21 @@ def test_export_round_trips_through_import(settings: Settings, tmp_path: Path) -
     summary = run_import(settings, exported, blobs=BlobStore(tmp_path / "fresh-blobs"))
     assert (summary.assets_created, summary.references_added) == (4, 6)
     assert snapshot() == before
+
+
+def test_a_negative_silences_only_what_it_matches_as_well_as_the_exemplars() -> None:
+    """An approved look-alike silences an asset for a matcher only when it matches (within
+    the margin for saturated scores) at least as well as the asset's own exemplars."""
+    from reference_index.checks import NEGATIVE_MARGIN, Match, _apply_negatives, _Candidate
+
+    def candidate(score: float, negative: bool, matcher: str = "keypoints") -> _Candidate:
+        return _Candidate(Match("logo", "Logo", matcher, score, "review"), negative)
+
+    kept, suppressed = _apply_negatives([candidate(0.95, False), candidate(0.90, True)])
+    assert ([m.score for m in kept], suppressed) == ([0.95], [])
+    close = 0.95 - NEGATIVE_MARGIN / 2
+    kept, suppressed = _apply_negatives([candidate(0.95, False), candidate(close, True)])
+    assert (kept, [s["negative_score"] for s in suppressed]) == ([], [close])
+    # A negative for another matcher silences nothing here.
+    kept, _ = _apply_negatives([candidate(0.95, False), candidate(0.99, True, matcher="pdq")])
+    assert [m.matcher for m in kept] == ["keypoints"]

@@ -110,6 +110,31 @@ def test_logo_seen_at_an_angle_is_found(index: KeypointIndex) -> None:
     assert iou(matches[0].box, (90, 70, w + 50, h + 70)) > 0.6
 
 
+def test_a_recoloured_copy_whose_luma_edges_vanish_is_found() -> None:
+    """Blue shapes on grey, hues rotated by a third: the shapes turn red, as bright (luma) as
+    the grey, so only the lightness channel still shows them."""
+    rng = np.random.default_rng(5)
+    image = Image.new("RGB", (320, 240), (76, 76, 76))
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        cx, cy, r = rng.uniform(60, 260), rng.uniform(60, 180), rng.uniform(30, 55)
+        sides = int(rng.integers(3, 8))
+        start = rng.uniform(0, 2 * np.pi)
+        angles = start + np.arange(sides) * 2 * np.pi / sides
+        draw.polygon([(cx + r * np.cos(a), cy + r * np.sin(a)) for a in angles], fill=(0, 0, 255))
+    original = np.asarray(image)
+    hsv = np.asarray(image.convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(int) + 85) % 256
+    recoloured = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    luma = cv2.cvtColor(recoloured, cv2.COLOR_RGB2GRAY).astype(int)
+    assert np.percentile(luma, 99) - np.percentile(luma, 1) <= 4  # no luma edges left
+    index = KeypointIndex.build(
+        [*((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()), ("e", "asset-blue", original)]
+    )
+
+    assert top(index.search(recoloured)) == "asset-blue"
+
+
 @pytest.mark.parametrize("name", ["coffee", "chelsea", "camera", "brick", "text"])
 def test_a_photo_without_any_logo_matches_nothing(index: KeypointIndex, name: str) -> None:
     assert index.search(photo(name)) == []
