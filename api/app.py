@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import audit_log, catalogue, errors, policy, reviews, routes
+from api import audit_log, catalogue, errors, metrics, policy, reviews, routes, webhooks
 from core import celery_app
 from core.settings import get_settings
 
@@ -27,4 +27,6 @@ def create_app() -> FastAPI:
     app.include_router(policy.router)
     app.include_router(reviews.router)
     app.include_router(audit_log.router)
+    app.include_router(webhooks.router)
+    app.include_router(metrics.router)
     return app

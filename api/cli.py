@@ -272,7 +272,7 @@ def _describe(job: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SETTLED = {"released", "rejected", "blocked", "failed", "in_review"}
+SETTLED = {"released", "rejected", "blocked", "failed", "cancelled", "in_review"}
 
 
 @main.command()
@@ -291,7 +291,7 @@ SETTLED = {"released", "rejected", "blocked", "failed", "in_review"}
 @click.option(
     "--wait",
     is_flag=True,
-    help="Wait until the job is released, in review, blocked, rejected or failed.",
+    help="Wait until the job is released, in review, blocked, rejected, failed or cancelled.",
 )
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds --wait waits at most.")
 @click.option("--steps", type=int, default=None, help="Default: the variant's own.")

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # The error statuses every route documents in OpenAPI (the body is ErrorOut).
 ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorOut} for status in (401, 402, 403, 404, 409, 422, 503)
+    status: {"model": ErrorOut} for status in (401, 402, 403, 404, 409, 422, 500, 503)
 }
 
 STATUS = (
@@ -92,6 +92,15 @@ def install(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return JSONResponse(
             {"error": code, "detail": str(error.detail)}, status_code=error.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+        # A bug, not a client's mistake: the body keeps the error format and names nothing
+        # internal; the traceback goes to the server log (Starlette logs it after this).
+        return JSONResponse(
+            {"error": "internal_error", "detail": "an unexpected error occurred; it was logged"},
+            status_code=500,
         )
 
     @app.exception_handler(OperationalError)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import PrincipalDep, ReadSessionDep, SettingsDep
 from api.errors import ERRORS
-from api.schemas import AppealIn, ReviewDecisionIn, ReviewTaskOut
+from api.schemas import AppealIn, Page, ReviewDecisionIn, ReviewTaskOut
 from core.db import session_scope, utcnow
 from pipeline import reviews, tasks
 from review import queue
@@ -26,19 +26,23 @@ def task_out(task: ReviewTask) -> ReviewTaskOut:
     return out.model_copy(update={"state": OPEN, "claimed_by": None}) if lapsed else out
 
 
-@router.get("/v1/reviews", response_model=list[ReviewTaskOut], responses=ERRORS)
+@router.get("/v1/reviews", response_model=Page[ReviewTaskOut], responses=ERRORS)
 def list_reviews(
     principal: PrincipalDep,
     session: ReadSessionDep,
     state: str | None = Query(default=None, description="open, claimed, escalated or decided"),
+    offset: int = Query(default=0, ge=0),
     limit: int = Query(default=100, ge=1, le=500),
-) -> list[ReviewTaskOut]:
+) -> Page[ReviewTaskOut]:
     """The tenant's review tasks, the most urgent first (high priority, earliest due)."""
     principal.require(*queue.REVIEWER_ROLES)
     found = queue.list_tasks(
-        session=session, tenant_id=principal.tenant_id, state=state, limit=limit
+        session=session, tenant_id=principal.tenant_id, state=state, offset=offset, limit=limit
     )
-    return [task_out(t) for t in found]
+    total = queue.count_tasks(session=session, tenant_id=principal.tenant_id, state=state)
+    return Page[ReviewTaskOut](
+        items=[task_out(t) for t in found], total=total, offset=offset, limit=limit
+    )
 
 
 @router.get("/v1/reviews/{task_id}", response_model=ReviewTaskOut, responses=ERRORS)

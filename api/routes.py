@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Body, Header, Query, Request, Response, UploadFile
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -14,16 +15,20 @@ from api.errors import ERRORS
 from api.models import Tenant
 from api.schemas import (
     BudgetOut,
+    CancelIn,
     DecisionOut,
     HealthOut,
     ImageOut,
     JobCreate,
     JobOut,
+    JobState,
+    Page,
     ProgressOut,
     StageOut,
     UploadOut,
     UsageLineOut,
     UsageOut,
+    VariantName,
 )
 from core.blobs import BlobStore
 from core.db import read_scope, session_scope, utcnow
@@ -41,8 +46,11 @@ UPLOAD_TYPES = ("image/png", "image/jpeg", "image/webp")
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 
-def job_out(job: Job, request: Request, session: Session) -> JobOut:
-    image_costs = jobs.job_costs(session=session, job_id=job.id)
+def job_out(
+    job: Job, request: Request, session: Session, image_costs: dict[int, Decimal] | None = None
+) -> JobOut:
+    if image_costs is None:
+        image_costs = jobs.job_costs(session=session, job_id=job.id)
     progress = None
     if job.progress_step is not None and job.progress_total:
         progress = ProgressOut(
@@ -53,6 +61,7 @@ def job_out(job: Job, request: Request, session: Session) -> JobOut:
     return JobOut(
         id=job.id,
         state=job.state,
+        created_by=job.created_by,
         prompt=job.prompt,
         variant=job.variant,
         use=job.use,
@@ -108,31 +117,156 @@ def job_out(job: Job, request: Request, session: Session) -> JobOut:
     )
 
 
-@router.post("/v1/jobs", status_code=201, response_model=JobOut, responses=ERRORS)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=jobs.IDEMPOTENCY_HEADER,
+        min_length=1,
+        max_length=255,
+        pattern=r"^[!-~]+$",
+        description=(
+            "Any string of printable ASCII (a UUID, say). The same key with the same body within "
+            "24 hours answers 200 with the job the first request made (no second job, no second "
+            "charge); with another body it answers 409."
+        ),
+    ),
+]
+
+
+@router.post(
+    "/v1/jobs",
+    status_code=201,
+    response_model=JobOut,
+    responses={
+        200: {
+            "model": JobOut,
+            "description": "A repeat of an earlier request with the same Idempotency-Key: "
+            "the job that request created (header Idempotent-Replayed: true)",
+        },
+        **ERRORS,
+    },
+)
 def create_job(
-    body: JobCreate, request: Request, principal: PrincipalDep, settings: SettingsDep
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     principal.require("requester", "admin")
     # Committed before it is queued, so a worker never sees a job that is not stored yet.
     fields = body.model_dump()
     fields["loras"] = [(lora.name, lora.scale) for lora in body.loras]
+    replayed: str | None = None
     with session_scope() as session:
-        tenant = session.get_one(Tenant, principal.tenant_id)
-        fields["require_human_approval"] = tenant.require_human_approval
-        job = jobs.create_job(
+        key_row = None
+        if idempotency_key is not None:
+            key_row, replayed = jobs.claim_request_key(
+                session=session,
+                tenant_id=principal.tenant_id,
+                key=idempotency_key,
+                fingerprint=jobs.request_fingerprint(body.model_dump(mode="json")),
+                now=utcnow(),
+            )
+        if replayed is None:
+            tenant = session.get_one(Tenant, principal.tenant_id)
+            fields["require_human_approval"] = tenant.require_human_approval
+            job = jobs.create_job(
+                session=session,
+                settings=settings,
+                blobs=BlobStore(settings.blob_dir),
+                tenant_id=principal.tenant_id,
+                actor=principal.actor,
+                request=jobs.NewJob(**fields),
+            )
+            if key_row is not None:
+                key_row.job_id = job.id
+        job_id = replayed or job.id
+    if replayed is not None:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        try:
+            tasks.enqueue(job_id)
+        except EnqueueError as e:
+            stages.fail_job(job_id, "enqueue", e.detail)
+            raise
+    with read_scope() as session:
+        job = jobs.get_job(session=session, tenant_id=principal.tenant_id, job_id=job_id)
+        return job_out(job, request, session)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    # A time without a zone is read as UTC, the zone every stored time is in.
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+@router.get("/v1/jobs", response_model=Page[JobOut], responses=ERRORS)
+def list_jobs(
+    request: Request,
+    principal: PrincipalDep,
+    session: ReadSessionDep,
+    state: JobState | None = None,  # type: ignore[valid-type]
+    variant: VariantName | None = None,  # type: ignore[valid-type]
+    project: str | None = None,
+    created_by: Annotated[
+        str | None, Query(description="who submitted the job, e.g. api_key:<prefix>")
+    ] = None,
+    created_from: Annotated[
+        datetime | None, Query(description="created at or after (ISO 8601; UTC if no zone)")
+    ] = None,
+    created_to: Annotated[
+        datetime | None, Query(description="created before (ISO 8601; UTC if no zone)")
+    ] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page[JobOut]:
+    """The tenant's jobs, newest first, filtered; `total` counts every match."""
+    found, total = jobs.list_jobs(
+        session=session,
+        tenant_id=principal.tenant_id,
+        filters=jobs.JobFilter(
+            state=state,
+            variant=variant,
+            project=project,
+            created_by=created_by,
+            created_from=_utc(created_from),
+            created_to=_utc(created_to),
+        ),
+        offset=offset,
+        limit=limit,
+    )
+    image_costs = jobs.costs_of_jobs(session=session, job_ids=[j.id for j in found])
+    return Page[JobOut](
+        items=[job_out(j, request, session, image_costs[j.id]) for j in found],
+        total=total,
+        offset=offset,
+        limit=limit,
+    )
+
+
+@router.post("/v1/jobs/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
+def cancel_job(
+    job_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    body: Annotated[CancelIn | None, Body()] = None,
+) -> JobOut:
+    """Stop a job that is not final: no further stage runs, a stage still running drops its
+    results, the budget it reserved is freed and an open review task is withdrawn. A job
+    already final answers 409 naming its state."""
+    principal.require("requester", "admin")
+    with session_scope() as session:
+        jobs.cancel_job(
             session=session,
-            settings=settings,
-            blobs=BlobStore(settings.blob_dir),
             tenant_id=principal.tenant_id,
+            job_id=job_id,
             actor=principal.actor,
-            request=jobs.NewJob(**fields),
+            reason=body.reason if body else "",
         )
-        job_id = job.id
-    try:
-        tasks.enqueue(job_id)
-    except EnqueueError as e:
-        stages.fail_job(job_id, "enqueue", e.detail)
-        raise
     with read_scope() as session:
         job = jobs.get_job(session=session, tenant_id=principal.tenant_id, job_id=job_id)
         return job_out(job, request, session)

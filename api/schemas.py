@@ -8,9 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from generation.schemas import LORA_SCALE_RANGE, MAX_IMAGES_PER_JOB, MAX_LORAS_PER_JOB, MAX_SEED
 from generation.variants import VARIANTS
+from pipeline.models import JOB_STATES
 
 # Literal of the catalogue's names, so the OpenAPI schema lists the valid variants.
 VariantName = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]
+JobState = Literal[tuple(JOB_STATES)]  # type: ignore[valid-type]
 
 
 class LoraRequest(BaseModel):
@@ -36,6 +38,12 @@ class JobCreate(BaseModel):
     # Kontext variants: the id of an image from POST /v1/uploads.
     input_image: str | None = None
     loras: list[LoraRequest] = Field(default_factory=list, max_length=MAX_LORAS_PER_JOB)
+
+
+class CancelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=1000)
 
 
 class ProgressOut(BaseModel):
@@ -79,6 +87,8 @@ class ImageOut(BaseModel):
 class JobOut(BaseModel):
     id: str
     state: str
+    # The API key that submitted it (`api_key:<prefix>`); GET /v1/jobs filters on it.
+    created_by: str
     prompt: str
     variant: str
     use: str
@@ -317,3 +327,56 @@ class AppealIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     note: str = Field(min_length=1, max_length=4000)
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2000, description="http:// or https:// endpoint")
+    events: list[str] = Field(
+        description="job.released, job.rejected, job.blocked and/or job.in_review"
+    )
+    # Omitted: one is made (whsec_...) and shown once, in the response to this request.
+    secret: str | None = Field(default=None, max_length=100)
+    description: str = Field(default="", max_length=200)
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    description: str
+    created_by: str
+    created_at: datetime
+    # Only in the response that created the subscription.
+    secret: str | None = None
+
+
+class WebhookAttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    attempted_at: datetime
+
+
+class WebhookDeliveryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    subscription_id: str
+    event_id: str
+    event: str
+    job_id: str | None
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    replay_of: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    attempt_log: list[WebhookAttemptOut]
+    payload: dict[str, Any]

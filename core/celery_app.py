@@ -74,6 +74,13 @@ def configure(settings: Settings | None = None) -> Celery:
             "task": "review.escalate_overdue",
             "schedule": settings.review.escalation_check_seconds,
         },
+        # The webhook outbox: deliveries written with a job's state change are sent from here.
+        "webhooks-dispatch": {
+            "task": "pipeline.dispatch_webhooks",
+            "schedule": settings.webhooks.dispatch_every_s,
+            # A run that waited longer than the interval is superseded by the next one.
+            "options": {"expires": settings.webhooks.dispatch_every_s},
+        },
     }
     return app
 

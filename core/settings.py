@@ -214,6 +214,25 @@ class ProvenanceSettings(BaseModel):
     jpeg_quality: int = Field(default=92, ge=1, le=95)
 
 
+class WebhookSettings(BaseModel):
+    """Delivery of job events to tenants' HTTPS endpoints (an outbox sent by Celery beat)."""
+
+    # How often beat sends the deliveries that are due, and how many one run sends at most.
+    dispatch_every_s: float = Field(default=5.0, gt=0)
+    batch_size: int = Field(default=50, ge=1)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    # Attempt n waits min(cap, base * 2**(n-1)) before the next one; after max_attempts the
+    # delivery is marked failed (an admin can replay it).
+    max_attempts: int = Field(default=10, ge=1)
+    backoff_base_s: float = Field(default=10.0, gt=0)
+    backoff_cap_s: float = Field(default=3600.0, gt=0)
+
+
+class MetricsSettings(BaseModel):
+    # Bearer token /metrics requires; None leaves it open (the embedded default).
+    token: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CLEARANCE_", env_nested_delimiter="__", extra="ignore"
@@ -234,6 +253,8 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -32,3 +32,27 @@ class SigningError(UnavailableError):
 
 class SigningKeyExistsError(ConflictError):
     code = "signing_key_exists"
+
+
+class JobFinalError(ConflictError):
+    """The job is in a final state already; it cannot be cancelled."""
+
+    code = "job_final"
+
+
+class IdempotencyKeyReusedError(ConflictError):
+    """An `Idempotency-Key` sent again with another request body."""
+
+    code = "idempotency_key_reused"
+
+
+class WebhookNotFoundError(NotFoundError):
+    code = "webhook_not_found"
+
+
+class DeliveryNotFoundError(NotFoundError):
+    code = "webhook_delivery_not_found"
+
+
+class DeliveryPendingError(ConflictError):
+    code = "webhook_delivery_pending"

@@ -32,7 +32,7 @@ from generation.models import ProviderRequestRecord
 from generation.schemas import GenerationSpec
 from generation.variants import VARIANTS
 from pipeline import policy as prompt_policy
-from pipeline import provenance, routing
+from pipeline import provenance, routing, webhooks
 from pipeline.errors import JobNotFoundError, SigningError
 from pipeline.models import (
     APPROVED,
@@ -115,6 +115,8 @@ def set_state(session: Session, job: Job, state: str, **details: object) -> None
         subject=f"job:{job.id}",
         payload={"from": previous, "to": state, **details},
     )
+    # The webhook outbox rows commit (or roll back) with the state change itself.
+    webhooks.enqueue(session=session, job=job, previous=previous, details=details)
 
 
 def _claim(session: Session, job_id: str, stage: str, max_attempts: int) -> Job | None:

@@ -15,7 +15,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core.celery_app import GPU_QUEUE, app
-from pipeline import stages
+from pipeline import stages, webhooks
 from pipeline.errors import EnqueueError
 
 log = logging.getLogger(__name__)
@@ -87,3 +87,10 @@ def enqueue_release(job_id: str) -> None:
         release.si(job_id).apply_async()
     except BrokerError as e:
         raise EnqueueError(f"the task broker is unreachable: {e}") from e
+
+
+@app.task(name="pipeline.dispatch_webhooks")
+def dispatch_webhooks() -> int:
+    """Run by Celery beat: send the webhook deliveries that are due (the outbox). Safe to run
+    in parallel and to redeliver: each delivery is claimed under a lease."""
+    return webhooks.dispatch_due(stages.default_context().settings)

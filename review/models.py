@@ -22,6 +22,8 @@ APPROVE = "approve"
 REJECT = "reject"
 ESCALATE = "escalate"
 DECISIONS = (APPROVE, REJECT, ESCALATE)
+# The outcome of a task closed without a decision, because its job was cancelled.
+WITHDRAWN = "withdrawn"
 
 HIGH = "high"
 NORMAL = "normal"
@@ -55,7 +57,8 @@ class ReviewTask(Base):
     # The task this one appeals, if any; a rejection may be appealed once.
     appeal_of: Mapped[str | None] = mapped_column(ForeignKey("review_tasks.id"))
     appeal_note: Mapped[str | None] = mapped_column(Text)
-    outcome: Mapped[str | None] = mapped_column(String(20))  # approve | reject once decided
+    # approve | reject once decided; withdrawn when its job was cancelled first.
+    outcome: Mapped[str | None] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
 

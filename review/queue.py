@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from audit import service as audit
@@ -40,6 +40,7 @@ from review.models import (
     PRIORITIES,
     REJECT,
     TASK_STATES,
+    WITHDRAWN,
     ReviewDecision,
     ReviewTask,
 )
@@ -136,11 +137,7 @@ def open_task(
     return task
 
 
-def list_tasks(
-    *, session: Session, tenant_id: str, state: str | None = None, limit: int = 100
-) -> list[ReviewTask]:
-    """Tasks of a tenant, the most urgent first (high priority, then the earliest due).
-    An expired claim shows as open."""
+def _task_filter(tenant_id: str, state: str | None) -> Select[tuple[ReviewTask]]:
     if state is not None and state not in TASK_STATES:
         raise InvalidInputError(
             f"state {state!r} is not one of {choices(TASK_STATES)}", field="state"
@@ -154,10 +151,28 @@ def list_tasks(
         query = query.where(ReviewTask.state == CLAIMED, ReviewTask.lease_expires_at > now)
     elif state is not None:
         query = query.where(ReviewTask.state == state)
-    query = query.order_by((ReviewTask.priority != HIGH), ReviewTask.due_at, ReviewTask.id).limit(
-        limit
-    )
-    return list(session.scalars(query))
+    return query
+
+
+def list_tasks(
+    *,
+    session: Session,
+    tenant_id: str,
+    state: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[ReviewTask]:
+    """Tasks of a tenant, the most urgent first (high priority, then the earliest due).
+    An expired claim shows as open."""
+    query = _task_filter(tenant_id, state)
+    query = query.order_by((ReviewTask.priority != HIGH), ReviewTask.due_at, ReviewTask.id)
+    return list(session.scalars(query.offset(offset).limit(limit)))
+
+
+def count_tasks(*, session: Session, tenant_id: str, state: str | None = None) -> int:
+    """How many tasks `list_tasks` would find without a limit."""
+    query = _task_filter(tenant_id, state)
+    return session.scalar(select(func.count()).select_from(query.subquery())) or 0
 
 
 def get_task(*, session: Session, tenant_id: str, task_id: str) -> ReviewTask:
@@ -325,6 +340,32 @@ def appeal(
         appeal_of=original,
         appeal_note=note,
     )
+
+
+def undecided_tasks(*, session: Session, tenant_id: str, job_id: str) -> list[ReviewTask]:
+    """The job's tasks still waiting for a decision, locked."""
+    return list(
+        session.scalars(
+            select(ReviewTask)
+            .where(
+                ReviewTask.tenant_id == tenant_id,
+                ReviewTask.job_id == job_id,
+                ReviewTask.state != DECIDED,
+            )
+            .order_by(ReviewTask.id)
+            .with_for_update()
+        )
+    )
+
+
+def withdraw(*, session: Session, tasks: list[ReviewTask], actor: str) -> None:
+    """Close tasks (from `undecided_tasks`) whose job no longer needs a decision (it was
+    cancelled): decided, with the outcome `withdrawn`, so nobody claims or decides them."""
+    now = utcnow()
+    for task in tasks:
+        task.state, task.outcome, task.decided_at = DECIDED, WITHDRAWN, now
+        task.claimed_by, task.lease_expires_at = None, None
+        _event(session, task, actor, "withdrawn")
 
 
 def escalate_overdue(*, session: Session, now: datetime | None = None) -> list[ReviewTask]:

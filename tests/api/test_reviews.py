@@ -79,7 +79,7 @@ class Desk:
     def task_of(self, job_id: str) -> dict[str, Any]:
         status, tasks = self.call("GET", "/v1/reviews", "reviewer")
         assert status == 200
-        (task,) = [t for t in tasks if t["job_id"] == job_id and t["state"] != "decided"]
+        (task,) = [t for t in tasks["items"] if t["job_id"] == job_id and t["state"] != "decided"]
         return dict(task)
 
     def claim(self, task_id: str, role: str = "reviewer") -> tuple[int, Any]:
@@ -158,8 +158,8 @@ def test_a_lapsed_claim_returns_the_task_to_the_queue(desk: Desk) -> None:
             .values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     status, tasks = desk.call("GET", "/v1/reviews?state=open", "reviewer")
-    assert [t["id"] for t in tasks] == [task["id"]]
-    assert tasks[0]["claimed_by"] is None
+    assert [t["id"] for t in tasks["items"]] == [task["id"]]
+    assert tasks["items"][0]["claimed_by"] is None
     assert desk.claim(task["id"], role="reviewer2")[0] == 200
     # The first reviewer's lease is gone: their decision is refused.
     assert desk.decide(task["id"], "approve")[0] == 409
@@ -255,7 +255,7 @@ def test_an_sla_breach_escalates_to_legal_by_itself(desk: Desk) -> None:
     assert review_tasks.escalate_overdue() == 1
     assert review_tasks.escalate_overdue() == 0
     status, escalated = desk.call("GET", "/v1/reviews?state=escalated", "reviewer")
-    assert [t["id"] for t in escalated] == [task["id"]]
+    assert [t["id"] for t in escalated["items"]] == [task["id"]]
     status, error = desk.claim(task["id"])
     assert (status, error["field"]) == (403, "role")
     assert desk.claim(task["id"], role="legal")[0] == 200

@@ -70,7 +70,7 @@ def test_a_reviewer_approves_and_the_release_and_the_audit_trail_verify(
     )
     assert job["state"] == "in_review", service.logs()
     with client(service, reviewer) as http:
-        (task,) = http.get("/v1/reviews", params={"state": "open"}).json()
+        (task,) = http.get("/v1/reviews", params={"state": "open"}).json()["items"]
         assert (task["job_id"], task["band"]) == (job["id"], "approval-required")
         assert http.post(f"/v1/reviews/{task['id']}/claim").status_code == 200
         decided = http.post(
