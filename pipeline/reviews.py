@@ -8,7 +8,6 @@ their audit events commit together or not at all.
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.blobs import BlobStore
@@ -135,13 +134,3 @@ def appeal(
     )
     set_state(session, job, IN_REVIEW, stage="appeal", task_id=task.id)
     return task
-
-
-def task_for_job(*, session: Session, tenant_id: str, job_id: str) -> ReviewTask | None:
-    """The newest review task of a job."""
-    return session.scalar(
-        select(ReviewTask)
-        .where(ReviewTask.tenant_id == tenant_id, ReviewTask.job_id == job_id)
-        .order_by(ReviewTask.created_at.desc())
-        .limit(1)
-    )
