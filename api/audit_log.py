@@ -13,7 +13,6 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from api import auth
 from api.auth import Principal
 from api.deps import PrincipalDep, SettingsDep
 from api.errors import ERRORS
@@ -33,13 +32,11 @@ class PublicKeyOut(BaseModel):
     public_key_pem: str
 
 
-def _export_tenant(principal: Principal, tenant: str | None) -> tuple[str | None, str | None]:
-    """(tenant id, name) to export: legal gets its own tenant only, admin any tenant or all."""
+def _export_tenant(principal: Principal, tenant: str | None) -> tuple[str, str | None]:
+    """(tenant id, name) to export: always the caller's own tenant. Keys belong to one tenant,
+    so an admin key of one tenant must not read another's trail; an operator exports any
+    tenant or all with `clearance audit export`."""
     with read_scope() as session:
-        if principal.role == "admin":
-            if tenant is None:
-                return None, None
-            return auth.tenant_by_name(session=session, name=tenant).id, tenant
         own = session.get(Tenant, principal.tenant_id)
         own_name = own.name if own else None
         if tenant is not None and tenant != own_name:
@@ -79,7 +76,7 @@ def export_audit(
     """Audit events in seq order, as `audit-export-TIME.FORMAT` with
     `audit-export-TIME.FORMAT.manifest.json` (signed: count, first and last hash, filter,
     sha256 of the export) in one zip. `clearance audit verify-export FILE.zip` checks it
-    offline. Roles legal (its own tenant) and admin (any tenant, or all)."""
+    offline. Roles legal and admin, for their own tenant."""
     principal.require(*EXPORT_ROLES)
     # Bad dates are named before the tenant is looked up.
     export.make_filter(start=start, end=end, tenant_id=None, tenant=tenant, fmt=format)
