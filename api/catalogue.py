@@ -230,7 +230,7 @@ def _rebuild(session: Session, settings: Settings, actor: str) -> None:
 async def check(file: UploadFile, principal: PrincipalDep, settings: SettingsDep) -> CheckOut:
     """Clear any image, generated here or not: catalogue matches (PDQ, keypoints, CLIP) and
     NSFW, with a decision approve | review | reject."""
-    image = decode_image(await read_image_upload(file))
+    image = decode_image(await read_image_upload(file), field="file")
     with read_scope() as session:
         result = checks.check_image(image, session=session, settings=settings)
     return CheckOut.model_validate(result.to_dict())
