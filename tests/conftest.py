@@ -4,6 +4,7 @@ naming it, except under CI=true, where they fail."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -43,24 +44,32 @@ def postgres_server() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture
-def postgres_database(postgres_server: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+@contextlib.contextmanager
+def _throwaway_database(server: str, template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database (empty, or a copy of `template`), dropped afterwards."""
     import sqlalchemy as sa
 
-    name = f"clearance_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        from core.db import dispose_engines
+    from core.db import dispose_engines
 
+    name = f"clearance_test_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"{copy}'))
+    try:
+        yield sa.make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
         dispose_engines()
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    with _throwaway_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -90,21 +99,8 @@ def postgres_template(postgres_server: str) -> Iterator[str]:
 @pytest.fixture
 def migrated_postgres(postgres_server: str, postgres_template: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for one test (a copy of the template)."""
-    import sqlalchemy as sa
-
-    name = f"clearance_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
-    try:
-        yield sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        from core.db import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with _throwaway_database(postgres_server, template=postgres_template) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
