@@ -25,9 +25,14 @@ How a search works:
    fall into the exemplar's colour regions (_agreement), and its edges must run where the
    exemplar's do and nowhere else, cell by cell, whatever their colours (_structure). The
    share of features found (coverage) times the share of agreeing cells must reach
-   min_evidence: a true copy, even a third covered, scores well on both; a look-alike that
-   shares a letter, a ring or a shape scores low on both, and chance alignments in photo
-   texture fail the edge check.
+   min_evidence: a true copy scores well on both; a look-alike that shares a letter, a ring
+   or a shape scores low on both, and chance alignments in photo texture fail the edge check.
+6. Finally, pixel by pixel (_residual): set aside the largest blob the exemplar does not
+   explain; everywhere else the query must have the exemplar's region colours and edges and
+   no others. A copy passes nearly perfectly; a look-alike sharing one shape leaves the rest
+   unexplained. A copy partly covered by something else fails the coarser checks of step 5,
+   so when the blob set aside (filled to its convex hull) covers 10-60% of it, a near-perfect
+   match of the rest is enough on its own.
 
 Invariant: a match is only reported when its homography passed every check; a query without
 usable keypoints (blank, tiny, flat) gives no match rather than an error.
@@ -64,6 +69,9 @@ LABELS = 4
 LABEL_SIDE = 128
 NO_LABEL = 255
 MIN_CONTRAST = 20.0  # RGB distance between two regions' typical colours
+# A query pixel is explained by its region (KeypointIndex._residual) within this RGB distance
+# of the region's typical query colour: above noise and JPEG error, below a different colour.
+COLOUR_TOLERANCE = 40.0
 # The structure check (KeypointIndex._structure): edge orientation fields compared per cell
 # of a STRUCTURE_CELLS x STRUCTURE_CELLS grid over the thumbnail, after smoothing the structure
 # tensor by STRUCTURE_SIGMA thumbnail pixels; STRUCTURE_MARGIN pixels along the exemplar's
@@ -131,6 +139,22 @@ class KeypointThresholds:
     min_structure: float = 0.25
     min_shown: float = 0.5
     min_evidence: float = 0.1
+    # ... and pixel by pixel (see KeypointIndex._residual), outside the largest part the
+    # exemplar does not explain: this share of the pixels must have their region's colour,
+    # this share of the exemplar's edges must be in the query, and this share of the query's
+    # edges must be the exemplar's.
+    min_colours: float = 0.85
+    min_edges_found: float = 0.85
+    min_edges_explained: float = 0.5
+    # A partly covered copy: when that unexplained part is one blob covering between
+    # min_covered and max_covered of the exemplar, the rest alone may decide, but only if it
+    # matches almost perfectly (the *_covered thresholds); the coarser checks above, which
+    # the covered part drags down, are then not needed.
+    min_covered: float = 0.1
+    max_covered: float = 0.6
+    min_colours_covered: float = 0.97
+    min_edges_found_covered: float = 0.97
+    min_edges_explained_covered: float = 0.9
     # The projected outline: smallest side (query pixels), smallest corner angle (degrees),
     # largest ratio between opposite sides.
     min_side_px: float = 12.0
@@ -151,6 +175,16 @@ class KeypointMatch:
 class _Features:
     geometry: Array  # (n, 4) float32: x, y, angle (degrees), size, in the image's own pixels
     descriptors: Array  # (n, 32) uint8
+
+
+@dataclass(frozen=True)
+class _Residual:
+    """See KeypointIndex._residual; all 0..1."""
+
+    covered: float  # share of the exemplar set aside as covered
+    colours: float  # outside it: pixels with their region's colour
+    edges_found: float  # the exemplar's edges found in the query
+    edges_explained: float  # the query's edges that are the exemplar's
 
 
 @dataclass
@@ -345,17 +379,27 @@ def _thumbnail(rgb: Array, size: tuple[float, float]) -> Array:
     return thumbnail
 
 
-def _orientation(rgb: Array) -> Array:
-    """(s, s, 2) float32: where and which way the edges of a colour image run, whatever their
-    polarity or hue: the doubled-angle vector (Jxx - Jyy, 2 Jxy) of the smoothed colour
-    structure tensor, scaled so its length grows with the contrast (not its square). An edge
-    between two colours of equal brightness counts; a dark-on-light edge and the same edge
-    light-on-dark, or red-on-blue and green-on-yellow, give the same vector."""
+def _tensor(rgb: Array) -> tuple[Array, Array]:
+    """The doubled-angle vector (Jxx - Jyy, 2 Jxy) of a colour image's structure tensor at
+    each pixel: an edge between two colours of equal brightness counts; a dark-on-light edge
+    and the same edge light-on-dark, or red-on-blue and green-on-yellow, give the same one."""
     image = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 1.0)
     gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3)
-    a = (gx * gx - gy * gy).sum(axis=2)
-    b = 2 * (gx * gy).sum(axis=2)
+    return (gx * gx - gy * gy).sum(axis=2), 2 * (gx * gy).sum(axis=2)
+
+
+def _edges(rgb: Array) -> Array:
+    """(s, s) float32: edge strength, growing with the contrast (not its square)."""
+    a, b = _tensor(rgb)
+    strength: Array = np.sqrt(np.sqrt(a * a + b * b))
+    return strength
+
+
+def _orientation(rgb: Array) -> Array:
+    """(s, s, 2) float32: where and which way the edges of a colour image run, whatever their
+    polarity or hue (see _tensor), smoothed, scaled so its length grows with the contrast."""
+    a, b = _tensor(rgb)
     a = cv2.GaussianBlur(a, (0, 0), STRUCTURE_SIGMA)
     b = cv2.GaussianBlur(b, (0, 0), STRUCTURE_SIGMA)
     field_ = np.stack([a, b], axis=2)
@@ -727,12 +771,24 @@ class KeypointIndex:
         if coverage < t.min_coverage:
             return None
         warped, inside = self._warp(row, homography, query)
-        if self._agreement(row, warped, inside) < t.min_agreement:
-            return None
         structure, shown = self._structure(row, warped, inside)
-        if structure < t.min_structure or shown < t.min_shown:
-            return None
-        if coverage * structure < t.min_evidence:
+        residual = self._residual(row, warped, inside)
+        whole = (
+            self._agreement(row, warped, inside) >= t.min_agreement
+            and structure >= t.min_structure
+            and shown >= t.min_shown
+            and coverage * structure >= t.min_evidence
+            and residual.colours >= t.min_colours
+            and residual.edges_found >= t.min_edges_found
+            and residual.edges_explained >= t.min_edges_explained
+        )
+        partly_covered = (
+            t.min_covered <= residual.covered <= t.max_covered
+            and residual.colours >= t.min_colours_covered
+            and residual.edges_found >= t.min_edges_found_covered
+            and residual.edges_explained >= t.min_edges_explained_covered
+        )
+        if not (whole or partly_covered):
             return None
         quad = quad / query.scale
         height, width = query.shape
@@ -823,6 +879,81 @@ class KeypointIndex:
         inside = cv2.warpPerspective(shown, to_labels, size, flags=cv2.INTER_NEAREST) == 255
         return warped, inside
 
+    def _extent(self, row: int, inside: Array) -> tuple[Array, Array]:
+        """(extent, seen), (s, s) float32 0/1 masks over exemplar `row`'s thumbnail frame:
+        where the exemplar is, and where the query shows it, both STRUCTURE_MARGIN pixels
+        in from the outline (the query has an edge there, the exemplar's frame does not)."""
+        w, h = self._sizes[row]
+        fit = LABEL_SIDE / max(w, h)
+        tw, th = max(1, round(w * fit)), max(1, round(h * fit))
+        m = STRUCTURE_MARGIN
+        extent = np.zeros((LABEL_SIDE, LABEL_SIDE), np.float32)
+        extent[m : th - m, m : tw - m] = 1
+        kernel = np.ones((2 * m + 1, 2 * m + 1), np.uint8)
+        seen = extent * cv2.erode(inside.astype(np.uint8), kernel, borderValue=0)
+        return extent, seen
+
+    def _residual(self, row: int, warped: Array, inside: Array) -> _Residual:
+        """Pixel by pixel, what the exemplar in `row` does not explain of the query where the
+        homography puts it (`warped`, see _warp), and how well it explains the rest.
+
+        A pixel is explained when its colour is within COLOUR_TOLERANCE of its region's
+        typical query colour (the median, so a recoloured copy is explained too). The largest
+        blob of unexplained pixels, filled to its convex hull, is set aside as what may be
+        covering the logo; outside it, the share of explained pixels, the share of the
+        exemplar's edges with a query edge within 2 pixels, and the share of the query's
+        edges with an exemplar edge within 2 pixels. A copy, whole or partly covered, is
+        explained almost everywhere outside the cover; a look-alike sharing a shape or a
+        letter leaves its other shapes, letters and colours unexplained."""
+        labels = self._labels[row]
+        extent, seen_mask = self._extent(row, inside)
+        seen = seen_mask > 0
+        valid = seen & (labels != NO_LABEL)
+        colours = warped.astype(np.float32)
+        explained = np.zeros(labels.shape, bool)
+        for region in np.unique(labels[valid]):
+            members = valid & (labels == region)
+            if members.sum() < 4:
+                continue
+            typical = np.median(colours[members], axis=0)
+            distance = np.linalg.norm(colours[members] - typical, axis=1)
+            explained[members] = distance < COLOUR_TOLERANCE
+        unexplained = (valid & ~explained).astype(np.uint8)
+        # Opening drops stray pixels (noise, JPEG blocks); closing joins a cover's pieces.
+        unexplained = cv2.morphologyEx(unexplained, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        unexplained = cv2.morphologyEx(unexplained, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+        count, blobs, stats, _ = cv2.connectedComponentsWithStats(unexplained, connectivity=8)
+        cover = np.zeros(labels.shape, bool)
+        if count > 1:
+            largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+            outline, _ = cv2.findContours(
+                (blobs == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+            )
+            hull = np.zeros(labels.shape, np.uint8)
+            cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(outline))], 1)
+            cover = cv2.dilate(hull, np.ones((7, 7), np.uint8)) > 0
+        covered = float((cover & seen).sum() / max(seen.sum(), 1))
+        rest = valid & ~cover
+        exemplar_strength = _edges(self._thumbnails[row])
+        query_strength = _edges(warped)
+        strongest = float(exemplar_strength[extent > 0].max()) if (extent > 0).any() else 0.0
+        if not rest.any() or strongest <= 0:
+            return _Residual(covered, 0.0, 0.0, 0.0)
+        kept = seen & ~cover
+        exemplar_edges = (exemplar_strength > 0.25 * strongest) & kept
+        query_edges = (query_strength > 0.25 * strongest) & kept
+        near = np.ones((5, 5), np.uint8)
+        near_query = cv2.dilate(query_edges.astype(np.uint8), near) > 0
+        near_exemplar = cv2.dilate(exemplar_edges.astype(np.uint8), near) > 0
+        return _Residual(
+            covered=covered,
+            colours=float(explained[rest].mean()),
+            edges_found=float(near_query[exemplar_edges].mean()) if exemplar_edges.any() else 0.0,
+            edges_explained=(
+                float(near_exemplar[query_edges].mean()) if query_edges.any() else 1.0
+            ),
+        )
+
     def _structure(self, row: int, warped: Array, inside: Array) -> tuple[float, float]:
         """Whether the query has the exemplar's edges where the homography puts them, and no
         others, whatever their colours: (agreeing, shown), both 0..1. Over a grid of cells on
@@ -833,14 +964,7 @@ class KeypointIndex:
         edge energy in cells the query shows. A copy, even recoloured, noisy or tilted,
         agrees nearly everywhere it is not covered; a look-alike sharing a letter or a shape
         agrees only there, and a texture's edges run every which way."""
-        w, h = self._sizes[row]
-        fit = LABEL_SIDE / max(w, h)
-        tw, th = max(1, round(w * fit)), max(1, round(h * fit))
-        m = STRUCTURE_MARGIN
-        extent = np.zeros((LABEL_SIDE, LABEL_SIDE), np.float32)
-        extent[m : th - m, m : tw - m] = 1
-        kernel = np.ones((2 * m + 1, 2 * m + 1), np.uint8)
-        seen = extent * cv2.erode(inside.astype(np.uint8), kernel, borderValue=0)
+        extent, seen = self._extent(row, inside)
         exemplar = _orientation(self._thumbnails[row])
         found = _orientation(warped)
         side = LABEL_SIDE // STRUCTURE_CELLS

@@ -152,6 +152,27 @@ def test_a_look_alike_sharing_the_letters_is_not_the_logo() -> None:
     assert index.search(scene) == []
 
 
+# Each of these covers defeats the cell-by-cell checks alone (see KeypointIndex._residual):
+# found only because the rest of the logo matches pixel by pixel.
+@pytest.mark.parametrize(
+    ("asset", "cover", "corner"),
+    [
+        ("asset-1", "astronaut", (75, 55)),
+        ("asset-5", "astronaut", (0, 110)),
+        ("asset-3", "coffee", (0, 110)),
+        ("asset-1", "chelsea", (75, 55)),
+    ],
+)
+def test_a_copy_with_a_third_covered_by_a_photo_is_found(
+    index: KeypointIndex, asset: str, cover: str, corner: tuple[int, int]
+) -> None:
+    covered = LOGOS[asset].copy()
+    x, y = corner
+    covered[y : y + 130, x : x + 170] = photo(cover, side=256)[:130, :170]  # 29% of it
+
+    assert top(index.search(covered)) == asset
+
+
 def test_save_and_load_give_the_same_results(index: KeypointIndex, tmp_path: Path) -> None:
     queries = [LOGOS["asset-1"], photo("chelsea"), np.ascontiguousarray(LOGOS["asset-5"][20:, 30:])]
     path = tmp_path / "keypoints.npz"
