@@ -326,6 +326,25 @@ def _outline_ok(quad: Array, t: KeypointThresholds) -> bool:
     return bool(angles.min() >= t.min_corner_deg)
 
 
+def _homography(
+    source: Array, target: Array, corners: Array, t: KeypointThresholds
+) -> tuple[Array, Array, Array] | None:
+    """(homography, inlier mask, projected outline) from guided pairs, or None when no
+    plausible one is found. Plain RANSAC first; its best model can be degenerate when many
+    pairs lie on one line (a word of text), projecting the outline somewhere absurd, so then
+    MAGSAC++, which rejects such samples, gets a second try."""
+    for method in (cv2.RANSAC, cv2.USAC_MAGSAC):
+        found, mask = cv2.findHomography(
+            source, target, method, t.ransac_px, maxIters=1000, confidence=0.995
+        )
+        if found is None:
+            continue
+        quad = cv2.perspectiveTransform(corners, found)[0]
+        if _outline_ok(quad, t):
+            return found, mask.ravel().astype(bool), quad
+    return None
+
+
 def _colour_regions(rgb: Array, size: tuple[float, float]) -> Array:
     """(LABEL_SIDE, LABEL_SIDE) uint8: the exemplar's colour cluster at each thumbnail pixel,
     NO_LABEL on region boundaries and where the (non-square) exemplar does not reach.
@@ -756,16 +775,12 @@ class KeypointIndex:
                 return None
             source = exemplar.geometry[pairs[:, 0], :2]
             target = query.features.geometry[pairs[:, 1], :2]
-            found, mask = cv2.findHomography(
-                source, target, cv2.RANSAC, t.ransac_px, maxIters=1000, confidence=0.995
-            )
-            if found is None:
+            fitted = _homography(source, target, corners, t)
+            if fitted is None:
                 return None
-            homography = found
-            inlier = mask.ravel().astype(bool)
+            homography, inlier, quad = fitted
             inliers = _distinct(source[inlier], target[inlier])
-            quad = cv2.perspectiveTransform(corners, homography)[0]
-            if inliers < t.min_inliers or not _outline_ok(quad, t):
+            if inliers < t.min_inliers:
                 return None
         coverage = inliers / max(expected, 1)
         if coverage < t.min_coverage:
