@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from api import audit_log, catalogue, errors, metrics, policy, reviews, routes, webhooks
+from api import (
+    admin,
+    admin_users,
+    audit_log,
+    catalogue,
+    dashboard,
+    errors,
+    metrics,
+    policy,
+    reviews,
+    routes,
+    webhooks,
+)
+from api.deps import refuse_nul
 from core import celery_app
 from core.settings import get_settings
 
@@ -19,6 +32,7 @@ def create_app() -> FastAPI:
             "Content clearance for FLUX.1 image generation. Every job passes prompt policy, "
             "generation, image checks and routing before its images are released."
         ),
+        dependencies=[Depends(refuse_nul)],
     )
     app.state.settings = settings
     errors.install(app)
@@ -29,4 +43,7 @@ def create_app() -> FastAPI:
     app.include_router(audit_log.router)
     app.include_router(webhooks.router)
     app.include_router(metrics.router)
+    app.include_router(admin.router)
+    app.include_router(admin_users.router)
+    app.include_router(dashboard.router)
     return app

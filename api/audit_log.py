@@ -21,6 +21,7 @@ from audit import export, signing
 from audit import service as audit
 from core.db import read_scope, session_scope, utcnow
 from core.errors import PermissionDeniedError
+from core.settings import Settings
 
 router = APIRouter()
 
@@ -81,16 +82,39 @@ def export_audit(
     # Bad dates are named before the tenant is looked up.
     export.make_filter(start=start, end=end, tenant_id=None, tenant=tenant, fmt=format)
     tenant_id, tenant_name = _export_tenant(principal, tenant)
+    return export_archive(
+        settings=settings,
+        tenant_id=tenant_id,
+        tenant_name=tenant_name,
+        actor=principal.actor,
+        start=start,
+        end=end,
+        fmt=format,
+    )
+
+
+def export_archive(
+    *,
+    settings: Settings,
+    tenant_id: str,
+    tenant_name: str | None,
+    actor: str,
+    start: str | None,
+    end: str | None,
+    fmt: str,
+) -> FileResponse:
+    """One tenant's signed export as a zip download, audited; this API and the dashboard's
+    audit page both serve it."""
     wanted = export.make_filter(
-        start=start, end=end, tenant_id=tenant_id, tenant=tenant_name, fmt=format
+        start=start, end=end, tenant_id=tenant_id, tenant=tenant_name, fmt=fmt
     )
     signer = signing.signer(settings)
     folder = Path(tempfile.mkdtemp(prefix="clearance-audit-export-"))
     try:
-        name = f"audit-export-{utcnow():%Y%m%dT%H%M%SZ}.{format}"
+        name = f"audit-export-{utcnow():%Y%m%dT%H%M%SZ}.{fmt}"
         with (folder / name).open("wb") as file, read_scope() as session:
             manifest = export.write_export(
-                session=session, filter=wanted, fmt=format, out=file, signer=signer
+                session=session, filter=wanted, fmt=fmt, out=file, signer=signer
             )
         archive_path = folder / f"{name}.zip"
         with zipfile.ZipFile(archive_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -99,10 +123,10 @@ def export_audit(
         with session_scope() as session:
             audit.append(
                 session=session,
-                actor=principal.actor,
+                actor=actor,
                 type="audit.exported",
                 subject="audit",
-                tenant_id=tenant_id or principal.tenant_id,
+                tenant_id=tenant_id,
                 payload={k: manifest[k] for k in ("filter", "count", "sha256", "export_format")},
             )
     except BaseException:

@@ -9,11 +9,12 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.models import ROLES, ApiKey, Tenant
 from audit import service as audit
+from core.db import utcnow
 from core.errors import (
     AuthenticationError,
     ConflictError,
@@ -81,13 +82,15 @@ def tenant_by_name(*, session: Session, name: str) -> Tenant:
     return tenant
 
 
-def create_key(*, session: Session, tenant: Tenant, role: str, actor: str) -> str:
-    """Store a new key and return it: the only time it is ever visible."""
+def issue_key(*, session: Session, tenant: Tenant, role: str, actor: str) -> tuple[ApiKey, str]:
+    """Store a new key; returns its row and the key, the only time the key is ever visible."""
     if role not in ROLES:
         raise InvalidInputError(f"role {role!r} is not one of {choices(ROLES)}", field="role")
     prefix = secrets.token_hex(6)
     key = f"clr_{prefix}_{secrets.token_urlsafe(32)}"
-    session.add(ApiKey(tenant_id=tenant.id, role=role, prefix=prefix, key_hash=_hash(key)))
+    row = ApiKey(tenant_id=tenant.id, role=role, prefix=prefix, key_hash=_hash(key))
+    session.add(row)
+    session.flush()
     audit.append(
         session=session,
         actor=actor,
@@ -96,7 +99,71 @@ def create_key(*, session: Session, tenant: Tenant, role: str, actor: str) -> st
         subject=f"api_key:{prefix}",
         payload={"role": role},
     )
-    return key
+    return row, key
+
+
+def create_key(*, session: Session, tenant: Tenant, role: str, actor: str) -> str:
+    """Store a new key and return it: the only time it is ever visible."""
+    return issue_key(session=session, tenant=tenant, role=role, actor=actor)[1]
+
+
+class ApiKeyNotFoundError(NotFoundError):
+    code = "api_key_not_found"
+
+
+def list_keys(
+    *, session: Session, tenant_id: str, offset: int = 0, limit: int = 50
+) -> tuple[list[ApiKey], int]:
+    """A tenant's keys, revoked ones included, oldest first."""
+    query = select(ApiKey).where(ApiKey.tenant_id == tenant_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(ApiKey.created_at, ApiKey.id).offset(offset).limit(limit)
+    ).all()
+    return list(rows), total
+
+
+def revoke_key(*, session: Session, tenant_id: str, key_id: str, actor: str) -> ApiKey:
+    """Revoke one of a tenant's keys (given by its id or its prefix): it authenticates no
+    more. Revoking a revoked key changes nothing. The tenant's last active admin key is
+    refused: without it no one of the tenant could manage keys again (an operator would
+    have to); create another admin key first."""
+    row = session.scalar(
+        select(ApiKey).where(
+            ApiKey.tenant_id == tenant_id, (ApiKey.id == key_id) | (ApiKey.prefix == key_id)
+        )
+    )
+    if row is None:
+        raise ApiKeyNotFoundError(f"API key {key_id!r} does not exist", field="key_id")
+    if row.revoked_at is not None:
+        return row
+    if row.role == "admin":
+        # Locked, so two revocations at once cannot each leave the other as the last one.
+        admins = session.scalars(
+            select(ApiKey.id)
+            .where(
+                ApiKey.tenant_id == tenant_id,
+                ApiKey.role == "admin",
+                ApiKey.revoked_at.is_(None),
+            )
+            .with_for_update()
+        ).all()
+        if set(admins) <= {row.id}:
+            raise ConflictError(
+                f"API key {row.prefix!r} is the tenant's last active admin key; create another "
+                "admin key first, then revoke this one",
+                field="key_id",
+            )
+    row.revoked_at = utcnow()
+    audit.append(
+        session=session,
+        actor=actor,
+        tenant_id=tenant_id,
+        type="api_key.revoked",
+        subject=f"api_key:{row.prefix}",
+        payload={"role": row.role},
+    )
+    return row
 
 
 def authenticate(*, session: Session, key: str) -> Principal:

@@ -1,4 +1,8 @@
-"""HTTP routes of the protected-asset catalogue, the index and image checks."""
+"""HTTP routes of the protected-asset catalogue, the index and image checks.
+
+A caller sees the shared catalogue (read-only; operators import it) and its tenant's own
+assets; it creates, changes and deletes only its tenant's, and its checks match exactly
+those two. Another tenant's asset answers 404, like one that does not exist."""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Form, Query, Response, UploadFile
 from sqlalchemy.orm import Session
 
-from api.deps import PrincipalDep, ReadSessionDep, SettingsDep
+from api.auth import Principal
+from api.deps import Offset, PrincipalDep, ReadSessionDep, SettingsDep
 from api.errors import ERRORS
+from api.models import Tenant
 from api.schemas import (
     AssetCreate,
     AssetIn,
@@ -35,10 +41,13 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 
 
-def asset_out(asset: ProtectedAsset) -> AssetOut:
-    positives = sum(r.polarity == "positive" for r in asset.references)
+def asset_out(asset: ProtectedAsset, tenant_id: str) -> AssetOut:
+    """The asset as `tenant_id` sees it: its exemplar counts leave out other tenants'."""
+    references = catalogue.visible_references(asset, tenant_id)
+    positives = sum(r.polarity == "positive" for r in references)
     return AssetOut(
         id=asset.id,
+        scope="shared" if asset.tenant_id is None else "tenant",
         name=asset.name,
         kind=asset.kind,
         owner=asset.owner,
@@ -47,7 +56,7 @@ def asset_out(asset: ProtectedAsset) -> AssetOut:
         risk=asset.risk,
         thresholds=asset.thresholds,
         exemplars=positives,
-        negative_exemplars=len(asset.references) - positives,
+        negative_exemplars=len(references) - positives,
         created_at=asset.created_at,
         updated_at=asset.updated_at,
     )
@@ -97,32 +106,50 @@ def list_assets(
     principal: PrincipalDep,
     session: ReadSessionDep,
     kind: str | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Page[AssetOut]:
-    assets, total = catalogue.list_assets(session=session, kind=kind, offset=offset, limit=limit)
+    """The shared catalogue and the caller's tenant's own assets."""
+    assets, total = catalogue.list_assets(
+        session=session, kind=kind, offset=offset, limit=limit, tenant_id=principal.tenant_id
+    )
     return Page[AssetOut](
-        items=[asset_out(a) for a in assets], total=total, offset=offset, limit=limit
+        items=[asset_out(a, principal.tenant_id) for a in assets],
+        total=total,
+        offset=offset,
+        limit=limit,
     )
 
 
 @router.post("/v1/assets", status_code=201, response_model=AssetOut, responses=ERRORS)
 def create_asset(body: AssetCreate, principal: PrincipalDep) -> AssetOut:
+    """An asset of the caller's tenant, matched in its checks and prompts only; its id is
+    "<tenant name>:<id>"."""
     principal.require(*EDITORS)
     with session_scope() as session:
+        tenant = session.get_one(Tenant, principal.tenant_id)
         asset, _ = catalogue.save_asset(
             session=session,
-            asset_id=body.id,
+            asset_id=catalogue.tenant_asset_id(tenant.name, body.id),
             fields=_fields(body),
             actor=principal.actor,
             create_only=True,
+            tenant_id=principal.tenant_id,
         )
-        return asset_out(asset)
+        return asset_out(asset, principal.tenant_id)
 
 
 @router.get("/v1/assets/{asset_id}", response_model=AssetOut, responses=ERRORS)
 def get_asset(asset_id: str, principal: PrincipalDep, session: ReadSessionDep) -> AssetOut:
-    return asset_out(catalogue.get_asset(session=session, asset_id=asset_id))
+    asset = catalogue.get_asset(session=session, asset_id=asset_id, tenant_id=principal.tenant_id)
+    return asset_out(asset, principal.tenant_id)
+
+
+def _editable(session: Session, asset_id: str, principal: Principal) -> ProtectedAsset:
+    """The caller's tenant's own asset: 403 for a shared one, 404 for another tenant's."""
+    asset = catalogue.get_asset(session=session, asset_id=asset_id, tenant_id=principal.tenant_id)
+    catalogue.require_editable(asset, principal.tenant_id)
+    return asset
 
 
 @router.put("/v1/assets/{asset_id}", response_model=AssetOut, responses=ERRORS)
@@ -132,19 +159,28 @@ def update_asset(
     """Replace an asset's fields; its exemplars stay. The text side of the index follows."""
     principal.require(*EDITORS)
     with session_scope() as session:
-        catalogue.get_asset(session=session, asset_id=asset_id)
+        _editable(session, asset_id, principal)
         asset, _ = catalogue.save_asset(
-            session=session, asset_id=asset_id, fields=_fields(body), actor=principal.actor
+            session=session,
+            asset_id=asset_id,
+            fields=_fields(body),
+            actor=principal.actor,
+            tenant_id=principal.tenant_id,
         )
         _reindex(session, settings, principal.actor, added=[])
-        return asset_out(asset)
+        return asset_out(asset, principal.tenant_id)
 
 
 @router.delete("/v1/assets/{asset_id}", status_code=204, responses=ERRORS)
 def delete_asset(asset_id: str, principal: PrincipalDep, settings: SettingsDep) -> Response:
     principal.require(*EDITORS)
     with session_scope() as session:
-        removed = catalogue.delete_asset(session=session, asset_id=asset_id, actor=principal.actor)
+        removed = catalogue.delete_asset(
+            session=session,
+            asset_id=asset_id,
+            actor=principal.actor,
+            tenant_id=principal.tenant_id,
+        )
         session.flush()
         if removed:
             _rebuild(session, settings, principal.actor)
@@ -157,8 +193,9 @@ def delete_asset(asset_id: str, principal: PrincipalDep, settings: SettingsDep) 
 def list_exemplars(
     asset_id: str, principal: PrincipalDep, session: ReadSessionDep
 ) -> list[ExemplarOut]:
-    asset = catalogue.get_asset(session=session, asset_id=asset_id)
-    return [exemplar_out(r) for r in sorted(asset.references, key=lambda r: r.created_at)]
+    asset = catalogue.get_asset(session=session, asset_id=asset_id, tenant_id=principal.tenant_id)
+    references = catalogue.visible_references(asset, principal.tenant_id)
+    return [exemplar_out(r) for r in sorted(references, key=lambda r: r.created_at)]
 
 
 @router.post(
@@ -179,6 +216,7 @@ async def add_exemplar(
     principal.require(*EDITORS)
     data = await read_image_upload(file)
     with session_scope() as session:
+        _editable(session, asset_id, principal)
         reference, is_new = catalogue.add_reference_image(
             session=session,
             blobs=BlobStore(settings.blob_dir),
@@ -187,6 +225,7 @@ async def add_exemplar(
             source=file.filename or "upload",
             actor=principal.actor,
             polarity=polarity,
+            tenant_id=principal.tenant_id,
         )
         if is_new:
             _reindex(session, settings, principal.actor, added=[reference.id])
@@ -200,7 +239,11 @@ def delete_exemplar(
     principal.require(*EDITORS)
     with session_scope() as session:
         catalogue.delete_reference_image(
-            session=session, asset_id=asset_id, reference_id=exemplar_id, actor=principal.actor
+            session=session,
+            asset_id=asset_id,
+            reference_id=exemplar_id,
+            actor=principal.actor,
+            tenant_id=principal.tenant_id,
         )
         session.flush()
         _rebuild(session, settings, principal.actor)
@@ -228,11 +271,14 @@ def _rebuild(session: Session, settings: Settings, actor: str) -> None:
 
 @router.post("/v1/checks", response_model=CheckOut, responses=ERRORS)
 async def check(file: UploadFile, principal: PrincipalDep, settings: SettingsDep) -> CheckOut:
-    """Clear any image, generated here or not: catalogue matches (PDQ, keypoints, CLIP) and
-    NSFW, with a decision approve | review | reject."""
+    """Clear any image, generated here or not: matches against the shared catalogue and the
+    caller's tenant's own assets (PDQ, keypoints, CLIP) and NSFW, with a decision
+    approve | review | reject."""
     image = decode_image(await read_image_upload(file), field="file")
     with read_scope() as session:
-        result = checks.check_image(image, session=session, settings=settings)
+        result = checks.check_image(
+            image, session=session, settings=settings, tenant_id=principal.tenant_id
+        )
     return CheckOut.model_validate(result.to_dict())
 
 

@@ -20,6 +20,8 @@ from core.settings import get_settings
 CLI_ACTOR = "cli"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEMO_TENANT = "demo"
+# Seconds `clearance serve` lets open requests finish when it is stopped; then it ends them.
+SHUTDOWN_GRACE_S = 10
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -128,6 +130,45 @@ def keys_create(tenant: str, role: str) -> None:
     click.echo(_run_service(create))
 
 
+@keys.command("list")
+@click.option("--tenant", required=True, help="Tenant name.")
+def keys_list(tenant: str) -> None:
+    """A tenant's API keys: prefix, role, created, revoked (never the key)."""
+    from api import auth
+    from core.db import read_scope
+
+    def read() -> list[str]:
+        with read_scope() as session:
+            found = auth.tenant_by_name(session=session, name=tenant)
+            rows, _ = auth.list_keys(session=session, tenant_id=found.id, limit=10_000)
+            return [
+                f"{k.prefix}  {k.role:<9}  created {k.created_at:%Y-%m-%d %H:%M}"
+                + (f"  revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+                for k in rows
+            ]
+
+    for line in _run_service(read):
+        click.echo(line)
+
+
+@keys.command("revoke")
+@click.option("--tenant", required=True, help="Tenant name.")
+@click.argument("key")
+def keys_revoke(tenant: str, key: str) -> None:
+    """Revoke a tenant's API key, named by its prefix or id; it authenticates no more. The
+    tenant's last active admin key is refused: create another first."""
+    from api import auth
+    from core.db import session_scope
+
+    def revoke() -> str:
+        with session_scope() as session:
+            found = auth.tenant_by_name(session=session, name=tenant)
+            row = auth.revoke_key(session=session, tenant_id=found.id, key_id=key, actor=CLI_ACTOR)
+            return f"revoked API key {row.prefix} ({row.role}) of {tenant}"
+
+    click.echo(_run_service(revoke))
+
+
 @keys.command("init-signing")
 @click.option("--force", is_flag=True, help="Replace an existing signing key and chain.")
 def keys_init_signing(force: bool) -> None:
@@ -139,6 +180,72 @@ def keys_init_signing(force: bool) -> None:
     made = _run_service(lambda: provenance.init_signing(get_settings(), force=force))
     click.echo(f"signing key: {made.key}\ncertificate chain: {made.chain}\nlocal CA: {made.ca}")
     click.echo(f"signing certificate sha256: {made.fingerprint}")
+
+
+# --- dashboard users ---------------------------------------------------------------------
+
+
+@main.group()
+def users() -> None:
+    """People who sign in to the reviewer dashboard."""
+
+
+@users.command("create")
+@click.option("--tenant", required=True, help="Tenant name.")
+@click.option("--email", required=True, help="What the user signs in with.")
+@click.option(
+    "--role", required=True, type=click.Choice(["requester", "reviewer", "legal", "admin"])
+)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of stdin instead of asking for it.",
+)
+def users_create(tenant: str, email: str, role: str, password_stdin: bool) -> None:
+    """Create a dashboard user; prints its id. The password is asked for twice (or read from
+    stdin), never taken as an argument, and stored only as an argon2id hash."""
+    from api import auth
+    from api import users as dashboard_users
+    from core.db import session_scope
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+    def create() -> str:
+        with session_scope() as session:
+            return dashboard_users.create_user(
+                session=session,
+                tenant=auth.tenant_by_name(session=session, name=tenant),
+                email=email,
+                role=role,
+                password=password,
+                actor=CLI_ACTOR,
+            ).id
+
+    click.echo(_run_service(create))
+
+
+@users.command("disable")
+@click.option("--tenant", required=True, help="Tenant name.")
+@click.option("--email", required=True)
+def users_disable(tenant: str, email: str) -> None:
+    """Disable a dashboard user: they cannot sign in, and their sessions end now."""
+    from api import auth
+    from api import users as dashboard_users
+    from core.db import session_scope
+
+    def disable() -> None:
+        with session_scope() as session:
+            found = auth.tenant_by_name(session=session, name=tenant)
+            user = dashboard_users.user_by_email(session=session, tenant_id=found.id, email=email)
+            dashboard_users.disable_user(
+                session=session, tenant_id=found.id, user_id=user.id, actor=CLI_ACTOR
+            )
+
+    _run_service(disable)
+    click.echo(f"user {email} of {tenant} disabled", err=True)
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -164,10 +271,33 @@ def serve(host: str, port: int, no_worker: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     worker = None if no_worker else subprocess.Popen(_worker_command())  # noqa: S603 (our own argv)
     try:
-        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level="info")
+        config = uvicorn.Config(
+            "api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
+        _server_class()(config).run()
     finally:
         if worker is not None:
             _stop(worker)
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    from api.dashboard import reviewing
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # The dashboard's live-update streams never end by themselves, and uvicorn waits
+            # for open requests: tell them to end, so stopping takes seconds, not minutes.
+            reviewing.close_streams()
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def _stop(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
@@ -869,19 +999,23 @@ def index_stats(as_json: bool) -> None:
         )
 
 
-def _check_paths(paths: tuple[Path, ...]) -> Iterator[dict[str, Any]]:
-    """One check result per path, in order; unreadable files give an error entry."""
+def _check_paths(paths: tuple[Path, ...], tenant: str | None) -> Iterator[dict[str, Any]]:
+    """One check result per path, in order, against the shared catalogue and the tenant's
+    own assets (no tenant: the shared catalogue only); unreadable files give an error entry."""
     from core.db import read_scope
     from core.errors import ClearanceError
     from core.images import decode_image
     from reference_index import checks
 
     settings = get_settings()
+    tenant_id = _tenant_id(tenant) if tenant else None
     for path in paths:
         try:
             image = decode_image(path.read_bytes())
             with read_scope() as session:
-                result = checks.check_image(image, session=session, settings=settings)
+                result = checks.check_image(
+                    image, session=session, settings=settings, tenant_id=tenant_id
+                )
         except (OSError, ClearanceError) as e:
             yield {"path": str(path), "decision": "error", "error": getattr(e, "detail", str(e))}
             continue
@@ -901,9 +1035,10 @@ def _check_paths(paths: tuple[Path, ...]) -> Iterator[dict[str, Any]]:
 
 @index.command("search")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def index_search(image: Path) -> None:
+@click.option("--tenant", default=None, help="Also match this tenant's own assets.")
+def index_search(image: Path, tenant: str | None) -> None:
     """Check one image against the catalogue and print what matched."""
-    for result in _check_paths((image,)):
+    for result in _check_paths((image,), tenant):
         click.echo(json.dumps(result, indent=2))
 
 
@@ -917,12 +1052,13 @@ def check() -> None:
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per line per path, in order."
 )
-def check_image(paths: tuple[Path, ...], as_json: bool) -> None:
+@click.option("--tenant", default=None, help="Also match this tenant's own assets.")
+def check_image(paths: tuple[Path, ...], as_json: bool, tenant: str | None) -> None:
     """Check images against the protected-asset catalogue and for NSFW content. Exit status
     0 when every image is approved, 3 when any needs review or is rejected, 1 when any could
     not be checked."""
     decisions = set()
-    for result in _check_paths(paths):
+    for result in _check_paths(paths, tenant):
         decisions.add(result["decision"])
         if as_json:
             click.echo(json.dumps(result))

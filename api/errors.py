@@ -89,6 +89,13 @@ def install(app: FastAPI) -> None:
                 },
                 status_code=422,
             )
+        if error.status_code == 400:
+            # FastAPI and Starlette raise a bare 400 only for a body they cannot parse
+            # (broken multipart or form data): bad input too, so the same 422.
+            return JSONResponse(
+                {"error": "invalid_input", "detail": f"body: {error.detail}", "field": "body"},
+                status_code=422,
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return JSONResponse(
             {"error": code, "detail": str(error.detail)}, status_code=error.status_code

@@ -6,11 +6,14 @@ import logging
 from datetime import timedelta
 
 from fastapi import APIRouter, Query
+from sqlalchemy.orm import Session
 
-from api.deps import PrincipalDep, ReadSessionDep, SettingsDep
+from api.auth import Principal
+from api.deps import Offset, PrincipalDep, ReadSessionDep, SettingsDep
 from api.errors import ERRORS
 from api.schemas import AppealIn, Page, ReviewDecisionIn, ReviewTaskOut
 from core.db import session_scope, utcnow
+from core.settings import Settings
 from pipeline import reviews, tasks
 from review import queue
 from review.models import CLAIMED, OPEN, ReviewTask
@@ -31,7 +34,7 @@ def list_reviews(
     principal: PrincipalDep,
     session: ReadSessionDep,
     state: str | None = Query(default=None, description="open, claimed, escalated or decided"),
-    offset: int = Query(default=0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(default=100, ge=1, le=500),
 ) -> Page[ReviewTaskOut]:
     """The tenant's review tasks, the most urgent first (high priority, earliest due)."""
@@ -56,16 +59,24 @@ def claim_review(task_id: str, principal: PrincipalDep, settings: SettingsDep) -
     """Claim a task for the lease time (settings.review.lease_minutes); 409 when someone else
     holds a live claim."""
     principal.require(*queue.REVIEWER_ROLES)
+    return claim_task(principal, settings, task_id)
+
+
+def claim_task(principal: Principal, settings: Settings, task_id: str) -> ReviewTaskOut:
+    """Claim for the lease time; the API and the dashboard both claim through here."""
     with session_scope() as session:
-        task = queue.claim(
-            session=session,
-            tenant_id=principal.tenant_id,
-            task_id=task_id,
-            reviewer=principal.actor,
-            role=principal.role,
-            lease=timedelta(minutes=settings.review.lease_minutes),
-        )
-        return task_out(task)
+        return task_out(_claim(session, principal, settings, task_id))
+
+
+def _claim(session: Session, principal: Principal, settings: Settings, task_id: str) -> ReviewTask:
+    return queue.claim(
+        session=session,
+        tenant_id=principal.tenant_id,
+        task_id=task_id,
+        reviewer=principal.actor,
+        role=principal.role,
+        lease=timedelta(minutes=settings.review.lease_minutes),
+    )
 
 
 @router.post("/v1/reviews/{task_id}/decision", response_model=ReviewTaskOut, responses=ERRORS)
@@ -75,8 +86,25 @@ def decide_review(
     """Approve, reject or escalate (to legal) a claimed task, with a reason code and a note.
     Of two decisions at once on one task exactly one wins; the other gets 409."""
     principal.require(*queue.REVIEWER_ROLES)
+    return decide_task(principal, settings, task_id, body)
+
+
+def decide_task(
+    principal: Principal,
+    settings: Settings,
+    task_id: str,
+    body: ReviewDecisionIn,
+    *,
+    claim: bool = False,
+) -> ReviewTaskOut:
+    """Record a decision and send the job on when it is now approved (to release, or to
+    generation when the image to edit was reviewed). With `claim` the reviewer claims the
+    task first, in the same transaction (the dashboard's one-key decisions); someone else's
+    live claim still answers 409."""
     with session_scope() as session:
-        task, approved = reviews.decide(
+        if claim:
+            _claim(session, principal, settings, task_id)
+        task, next_stage = reviews.decide(
             session=session,
             settings=settings,
             tenant_id=principal.tenant_id,
@@ -88,10 +116,10 @@ def decide_review(
             note=body.note,
         )
         out = task_out(task)
-    if approved:
-        # After the commit, so the release stage finds the job approved. If the broker is
+    if next_stage is not None:
+        # After the commit, so the stage finds the job in its new state. If the broker is
         # down the job stays approved and unreleased (nothing leaks) and this answers 503.
-        tasks.enqueue_release(task.job_id)
+        tasks.enqueue(task.job_id, first=next_stage)
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -10,7 +9,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response, UploadFil
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from api.deps import PrincipalDep, ReadSessionDep, SettingsDep
+from api.deps import Offset, PrincipalDep, ReadSessionDep, SettingsDep, UtcDatetime
 from api.errors import ERRORS
 from api.models import Tenant
 from api.schemas import (
@@ -197,13 +196,6 @@ def create_job(
         return job_out(job, request, session)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    # A time without a zone is read as UTC, the zone every stored time is in.
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
 @router.get("/v1/jobs", response_model=Page[JobOut], responses=ERRORS)
 def list_jobs(
     request: Request,
@@ -216,12 +208,12 @@ def list_jobs(
         str | None, Query(description="who submitted the job, e.g. api_key:<prefix>")
     ] = None,
     created_from: Annotated[
-        datetime | None, Query(description="created at or after (ISO 8601; UTC if no zone)")
+        UtcDatetime | None, Query(description="created at or after (ISO 8601; UTC if no zone)")
     ] = None,
     created_to: Annotated[
-        datetime | None, Query(description="created before (ISO 8601; UTC if no zone)")
+        UtcDatetime | None, Query(description="created before (ISO 8601; UTC if no zone)")
     ] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[JobOut]:
     """The tenant's jobs, newest first, filtered; `total` counts every match."""
@@ -233,8 +225,8 @@ def list_jobs(
             variant=variant,
             project=project,
             created_by=created_by,
-            created_from=_utc(created_from),
-            created_to=_utc(created_to),
+            created_from=created_from,
+            created_to=created_to,
         ),
         offset=offset,
         limit=limit,

@@ -14,16 +14,20 @@ from pipeline.models import JOB_STATES
 VariantName = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]
 JobState = Literal[tuple(JOB_STATES)]  # type: ignore[valid-type]
 
+# Request bodies: unknown fields are refused, and JSON values must have the types the schema
+# declares. Pydantic's lax mode would take true as 1 and "5" as 5, which the schema forbids.
+REQUEST_BODY = ConfigDict(extra="forbid", strict=True)
+
 
 class LoraRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     name: str = Field(min_length=1, max_length=100)
     scale: float = Field(default=1.0, ge=LORA_SCALE_RANGE[0], le=LORA_SCALE_RANGE[1])
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     prompt: str = Field(min_length=1, max_length=4000)
     variant: VariantName = "schnell"  # type: ignore[valid-type]
@@ -41,7 +45,7 @@ class JobCreate(BaseModel):
 
 
 class CancelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     reason: str = Field(default="", max_length=1000)
 
@@ -160,7 +164,7 @@ Risk = Literal["low", "medium", "high"]
 class Thresholds(BaseModel):
     """Per-asset overrides of the matchers' settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     pdq_max_distance: int | None = Field(default=None, ge=0, le=256)
     clip_min_image_score: float | None = Field(default=None, ge=-1, le=1)
@@ -169,7 +173,7 @@ class Thresholds(BaseModel):
 
 
 class AssetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     name: str = Field(min_length=1, max_length=200)
     kind: AssetKind
@@ -181,6 +185,8 @@ class AssetIn(BaseModel):
 
 
 class AssetCreate(AssetIn):
+    # Stored as "<tenant name>:<id>", the tenant's own asset (the shared catalogue is the
+    # operators'); the response carries the full id.
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
 
@@ -197,6 +203,9 @@ class ExemplarOut(BaseModel):
 
 class AssetOut(BaseModel):
     id: str
+    # "shared": the operators' catalogue, checked for every tenant, read-only;
+    # "tenant": the caller's tenant's own.
+    scope: Literal["shared", "tenant"]
     name: str
     kind: str
     owner: str
@@ -257,7 +266,7 @@ class IndexOut(BaseModel):
 
 
 class PolicyCheckIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     # Length and emptiness are judged by the policy itself (one limit, in the rule file).
     prompt: str
@@ -316,7 +325,7 @@ class ReviewTaskOut(BaseModel):
 
 
 class ReviewDecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     decision: Literal["approve", "reject", "escalate"]
     reason: str
@@ -324,13 +333,13 @@ class ReviewDecisionIn(BaseModel):
 
 
 class AppealIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     note: str = Field(min_length=1, max_length=4000)
 
 
 class WebhookIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     url: str = Field(max_length=2000, description="http:// or https:// endpoint")
     events: list[str] = Field(

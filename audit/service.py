@@ -295,3 +295,34 @@ def events_for(*, session: Session, subject: str) -> list[AuditEvent]:
             select(AuditEvent).where(AuditEvent.subject == subject).order_by(AuditEvent.seq)
         )
     )
+
+
+def search(
+    *,
+    session: Session,
+    tenant_id: str,
+    type_prefix: str = "",
+    actor: str = "",
+    subject: str = "",
+    start: datetime | None = None,
+    before: datetime | None = None,
+    below_seq: int | None = None,
+    limit: int = 50,
+) -> list[AuditEvent]:
+    """One tenant's events, newest first: types starting with `type_prefix`, actors and
+    subjects containing `actor` and `subject`, `start <= occurred_at < before`; `below_seq`
+    pages on from the last event of the previous page."""
+    query = select(AuditEvent).where(AuditEvent.tenant_id == tenant_id)
+    if type_prefix:
+        query = query.where(AuditEvent.type.startswith(type_prefix, autoescape=True))
+    if actor:
+        query = query.where(AuditEvent.actor.contains(actor, autoescape=True))
+    if subject:
+        query = query.where(AuditEvent.subject.contains(subject, autoescape=True))
+    if start is not None:
+        query = query.where(AuditEvent.occurred_at >= start)
+    if before is not None:
+        query = query.where(AuditEvent.occurred_at < before)
+    if below_seq is not None:
+        query = query.where(AuditEvent.seq < below_seq)
+    return list(session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit)))

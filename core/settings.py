@@ -40,6 +40,10 @@ class GenerationSettings(BaseModel):
     allow_tiny_fallback: bool = True
     # Where the tiny pipeline is saved; default: DATA_DIR/models/tiny-flux.
     tiny_model_dir: Path | None = None
+    # The folder whose LoRA files a tenant's admin may register for its tenant
+    # (POST /v1/admin/loras names a file inside it); None: adapters only by operators
+    # (`clearance loras register`).
+    lora_dir: Path | None = None
     # What a GPU second costs, for the cost ledger of local generation.
     gpu_usd_per_second: float = Field(default=0.0011, ge=0)  # ~ $4/hour for an H100
     # For budget checks before a local job runs: seconds per denoising step per megapixel
@@ -228,6 +232,18 @@ class WebhookSettings(BaseModel):
     backoff_cap_s: float = Field(default=3600.0, gt=0)
 
 
+class DashboardSettings(BaseModel):
+    """The reviewer dashboard's sign-in sessions and live updates."""
+
+    # How long a sign-in lasts; signing out, or an admin disabling the user, ends it sooner.
+    session_hours: float = Field(default=12, gt=0)
+    # Send the session cookie over HTTPS only. Off by default because the embedded service
+    # serves plain HTTP on 127.0.0.1; a deployment behind TLS turns it on.
+    secure_cookie: bool = False
+    # How often the live-update stream (server-sent events) looks at the review queue.
+    events_poll_seconds: float = Field(default=2.0, gt=0)
+
+
 class MetricsSettings(BaseModel):
     # Bearer token /metrics requires; None leaves it open (the embedded default).
     token: SecretStr | None = None
@@ -255,6 +271,7 @@ class Settings(BaseSettings):
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @field_validator("data_dir")
     @classmethod

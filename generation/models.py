@@ -28,9 +28,13 @@ class ModelRegistration(Base):
 
 
 class LoraAdapter(Base):
+    """An adapter registered by an operator (`tenant_id` None: every tenant may use it) or by
+    a tenant's admin (only that tenant's jobs may; its name is `<tenant name>:<name>`)."""
+
     __tablename__ = "lora_adapters"
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(32), index=True)
     path: Mapped[str] = mapped_column(String(1000))
     sha256: Mapped[str] = mapped_column(String(64))
     licence_note: Mapped[str] = mapped_column(Text)

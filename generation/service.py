@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from audit import service as audit
-from core.errors import choices
+from core.errors import ConflictError, choices
 from core.images import decode_image
 from core.settings import Settings
 from generation import bfl, manifest, memory
@@ -334,18 +334,47 @@ def _check_unchanged(folder: Path) -> None:
 
 
 def register_lora(
-    *, session: Session, name: str, path: Path, licence_note: str, actor: str
+    *,
+    session: Session,
+    name: str,
+    path: Path,
+    licence_note: str,
+    actor: str,
+    tenant_id: str | None = None,
+    within: Path | None = None,
 ) -> LoraAdapter:
+    """Register an adapter for every tenant (`tenant_id` None: an operator's) or for one
+    tenant's jobs only (its name is `<tenant name>:<name>`, so it never replaces another's).
+    With `within`, the file must lie inside that folder, symlinks resolved: the API lets a
+    tenant's admin name files of the folder the operator set aside, never any other."""
+    if tenant_id is None and ":" in name:
+        raise GenerationRequestError(
+            f"LoRA name {name!r}: names with ':' are tenants' own adapters; choose another",
+            field="name",
+        )
+    existing = session.get(LoraAdapter, name)
+    if existing is not None and existing.tenant_id != tenant_id:
+        raise ConflictError(f"LoRA {name!r} is registered already", field="name")
     path = path.resolve()
+    # A tenant's admin is told paths inside the folder, not where the folder lies.
+    shown = path
+    if within is not None:
+        if not path.is_relative_to(within.resolve()):
+            raise GenerationRequestError(
+                f"path {path.name!r} is not inside the adapter folder set by the operator; "
+                "give a path relative to it",
+                field="path",
+            )
+        shown = path.relative_to(within.resolve())
     if not path.is_file() or path.suffix != ".safetensors":
-        raise GenerationRequestError(f"{path} is not a .safetensors file", field="path")
+        raise GenerationRequestError(f"{shown} is not a .safetensors file", field="path")
     try:
         keys = list(memory.read_header(path))
     except (OSError, ValueError) as e:
-        raise GenerationRequestError(f"{path} is not a safetensors file: {e}", field="path") from e
+        raise GenerationRequestError(f"{shown} is not a safetensors file: {e}", field="path") from e
     if not any("lora" in key for key in keys):
         raise GenerationRequestError(
-            f"{path} holds no LoRA weights (no 'lora' tensors)", field="path"
+            f"{shown} holds no LoRA weights (no 'lora' tensors)", field="path"
         )
     if not licence_note.strip():
         raise GenerationRequestError(
@@ -353,15 +382,18 @@ def register_lora(
         )
     adapter = LoraAdapter(
         name=name,
+        tenant_id=tenant_id,
         path=str(path),
         sha256=manifest.sha256_file(path),
         licence_note=licence_note,
         registered_by=actor,
     )
-    session.merge(adapter)
+    adapter = session.merge(adapter)
+    session.flush()
     audit.append(
         session=session,
         actor=actor,
+        tenant_id=tenant_id,
         type="lora.registered",
         subject=f"lora:{name}",
         payload={"path": str(path), "sha256": adapter.sha256, "licence_note": licence_note},
@@ -369,12 +401,23 @@ def register_lora(
     return adapter
 
 
-def resolve_loras(*, session: Session, requested: list[tuple[str, float]]) -> tuple[LoraUse, ...]:
+def visible_loras(tenant_id: str | None) -> Select[tuple[LoraAdapter]]:
+    """The adapters a tenant's jobs may use: the operators' and its own."""
+    tenant = LoraAdapter.tenant_id
+    mine = tenant.is_(None) if tenant_id is None else tenant.is_(None) | (tenant == tenant_id)
+    return select(LoraAdapter).where(mine).order_by(LoraAdapter.name)
+
+
+def resolve_loras(
+    *, session: Session, requested: list[tuple[str, float]], tenant_id: str | None = None
+) -> tuple[LoraUse, ...]:
+    """The adapters a job of `tenant_id` asks for; another tenant's is not registered for it
+    (None: the operators' adapters only)."""
     uses = []
     for name, scale in requested:
         adapter = session.get(LoraAdapter, name)
-        if adapter is None:
-            known = session.scalars(select(LoraAdapter.name).order_by(LoraAdapter.name)).all()
+        if adapter is None or adapter.tenant_id not in (None, tenant_id):
+            known = [a.name for a in session.scalars(visible_loras(tenant_id))]
             raise GenerationRequestError(
                 f"LoRA {name!r} is not registered; registered: {choices(known) or 'none'}",
                 field="loras",

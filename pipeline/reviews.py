@@ -1,6 +1,8 @@
-"""Where the review queue meets jobs (the route stage opens the tasks): a person's decision
-moves the job (approve → approved and released, reject → rejected), an appeal reopens a
-rejected job, and decisions confirmed by legal or admin feed the reference index.
+"""Where the review queue meets jobs (the route stage opens the tasks, and the prompt_check
+stage for a flagged image to edit): a person's decision moves the job (approve → approved
+and released, or on to generation when nothing was generated yet; reject → rejected), an
+appeal reopens a rejected job, and decisions confirmed by legal or admin feed the reference
+index.
 
 Each function runs inside the caller's transaction, so a decision, the job's new state and
 their audit events commit together or not at all.
@@ -13,8 +15,8 @@ from sqlalchemy.orm import Session
 from core.blobs import BlobStore
 from core.errors import ConflictError, NotFoundError
 from core.settings import Settings
-from pipeline.models import APPROVED, IN_REVIEW, REJECTED, Job
-from pipeline.stages import set_state
+from pipeline.models import APPROVED, GENERATING, IN_REVIEW, REJECTED, Job
+from pipeline.stages import GENERATE, RELEASE, ROUTE, set_state
 from reference_index import index as index_versions
 from reference_index import service as catalogue
 from review import queue
@@ -42,9 +44,10 @@ def decide(
     decision: str,
     reason: str,
     note: str,
-) -> tuple[ReviewTask, bool]:
-    """Record a decision and apply its outcome to the job; the flag says whether the job is
-    now approved (the caller enqueues its release once this transaction has committed)."""
+) -> tuple[ReviewTask, str | None]:
+    """Record a decision and apply its outcome to the job; with it, the stage the job goes on
+    from, if it goes on (the caller enqueues it once this transaction has committed): RELEASE
+    for an approved job, GENERATE for an approved image to edit."""
     outcome = queue.decide(
         session=session,
         tenant_id=tenant_id,
@@ -56,16 +59,23 @@ def decide(
         note=note,
     )
     if outcome.final is None:
-        return outcome.task, False
+        return outcome.task, None
     job = _job(session, tenant_id, outcome.task.job_id)
     if job.state != IN_REVIEW:
         raise ConflictError(f"job {job.id!r} is {job.state}, not in review", field="job_id")
-    new_state = APPROVED if outcome.final == APPROVE else REJECTED
+    # Before routing, what was reviewed is the image to edit: nothing is generated yet.
+    routed = any(d.stage == ROUTE for d in job.decisions)
+    if outcome.final != APPROVE:
+        new_state, next_stage = REJECTED, None
+    elif routed:
+        new_state, next_stage = APPROVED, RELEASE
+    else:
+        new_state, next_stage = GENERATING, GENERATE
     set_state(session, job, new_state, stage="review", task_id=outcome.task.id, reviewer=reviewer)
     # Confirmed when legal or admin took part in the decision (four-eyes: either approval).
     if any(d.role in CONFIRMING_ROLES for d in outcome.task.decisions):
         _feedback(session, settings, job, outcome.task, outcome.final, reason, reviewer)
-    return outcome.task, new_state == APPROVED
+    return outcome.task, next_stage
 
 
 def _feedback(
@@ -79,7 +89,8 @@ def _feedback(
 ) -> None:
     """A confirmed infringement becomes an exemplar of the asset it matched; a confirmed
     approval of a flagged image becomes a negative exemplar, so the same look-alike does not
-    flag again."""
+    flag again. Either is the job's tenant's own: it teaches that tenant's checks, not the
+    shared catalogue (one tenant's approval must not silence a match for another)."""
     if final == REJECT and reason == "infringement":
         polarity = "positive"
     elif final == APPROVE:
@@ -104,6 +115,7 @@ def _feedback(
                 source=f"review:{task.id}",
                 actor=actor,
                 polarity=polarity,
+                tenant_id=job.tenant_id,
             )
             if new:
                 added.append(reference.id)

@@ -149,7 +149,9 @@ def create_job(
         n_images=request.n_images,
         steps=request.steps,
         input_image=blobs.get(upload.blob_sha256) if upload else None,
-        loras=generation.resolve_loras(session=session, requested=request.loras),
+        loras=generation.resolve_loras(
+            session=session, requested=request.loras, tenant_id=tenant_id
+        ),
     )
     source = generation.check_available(spec, settings)
     estimate = costs.estimate(

@@ -195,11 +195,14 @@ def goes_on(job_id: str) -> bool:
 _SEVERITY = {"approve": 0, "review": 1, "reject": 2}
 
 
-def _check(data: bytes, ctx: StageContext) -> dict[str, Any]:
-    """The catalogue and NSFW checks of one image, as stored with it."""
+def _check(data: bytes, ctx: StageContext, tenant_id: str) -> checks.CheckResult:
+    """The catalogue and NSFW checks of one image for the job's tenant (the shared catalogue
+    and its own assets)."""
     image = decode_image(data)
     with read_scope() as session:
-        return checks.check_image(image, session=session, settings=ctx.settings).to_dict()
+        return checks.check_image(
+            image, session=session, settings=ctx.settings, tenant_id=tenant_id
+        )
 
 
 def _worst(decisions: list[str]) -> str:
@@ -221,7 +224,7 @@ def prompt_check(job_id: str, ctx: StageContext) -> bool:
         )
     input_check = None
     if job.input_image_sha256 is not None:
-        input_check = _check(ctx.blobs.get(job.input_image_sha256), ctx)
+        input_check = _check(ctx.blobs.get(job.input_image_sha256), ctx, job.tenant_id).to_dict()
     with session_scope() as session:
         locked = _reclaim(session, job_id, PROMPT_CHECK)
         if locked is None:
@@ -249,8 +252,16 @@ def prompt_check(job_id: str, ctx: StageContext) -> bool:
             set_state(session, locked, BLOCKED, stage=PROMPT_CHECK)
         elif input_check is not None and input_check["decision"] != "approve":
             # A protected asset (or worse) in the image to edit: a person decides before
-            # anything is generated from it.
+            # anything is generated from it (an approval sends the job on to generation).
+            chosen = routing.route(
+                decision.decision,
+                input_check["decision"],
+                routing.image_reasons(input_check, 0),
+                settings=ctx.settings.routing,
+                sample_draw=1.0,  # no quality sample: a person sees this job anyway
+            )
             set_state(session, locked, IN_REVIEW, stage=PROMPT_CHECK, reason="input image check")
+            _open_review(session, locked, chosen, ctx)
         _finish(session, job_id, PROMPT_CHECK, decision.decision)
         return locked.state not in SETTLED_STATES
 
@@ -307,7 +318,9 @@ def generate(job_id: str, ctx: StageContext) -> bool:
         return goes_on(job_id)
     with read_scope() as session:
         loras = generation.resolve_loras(
-            session=session, requested=[(lora["name"], lora["scale"]) for lora in job.loras]
+            session=session,
+            requested=[(lora["name"], lora["scale"]) for lora in job.loras],
+            tenant_id=job.tenant_id,
         )
     spec = GenerationSpec(
         prompt=job.prompt,
@@ -401,9 +414,19 @@ def image_check(job_id: str, ctx: StageContext) -> bool:
         return goes_on(job_id)
     with read_scope() as session:
         images = [(i.id, i.index, i.blob_sha256) for i in session.get_one(Job, job_id).images]
-    results = [
-        (image_id, index, _check(ctx.blobs.get(sha), ctx)) for image_id, index, sha in images
-    ]
+    results: list[tuple[str, int, dict[str, Any]]] = []
+    for image_id, index, sha in images:
+        result = _check(ctx.blobs.get(sha), ctx, job.tenant_id)
+        results.append((image_id, index, result.to_dict()))
+        if result.out_of_time:
+            # The soft time limit arrived in a matcher: record now, before the hard limit
+            # kills the worker; the images not checked yet go to a person as they are.
+            reason = f"not checked: the stage ran out of time while checking image {index}"
+            results += [
+                (rest_id, rest, checks.not_checked(reason, embedder=result.embedder).to_dict())
+                for rest_id, rest, _ in images[len(results) :]
+            ]
+            break
     with session_scope() as session:
         locked = _reclaim(session, job_id, IMAGE_CHECK)
         if locked is None:
@@ -426,6 +449,22 @@ def image_check(job_id: str, ctx: StageContext) -> bool:
         )
         _finish(session, job_id, IMAGE_CHECK, decision)
         return True
+
+
+def _open_review(session: Session, job: Job, chosen: routing.Route, ctx: StageContext) -> None:
+    """The review task for a job just put in review, urgent when its risk is high."""
+    priority = HIGH if chosen.risk >= ctx.settings.routing.high_risk_at else NORMAL
+    queue.open_task(
+        session=session,
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        requester=job.created_by,
+        priority=priority,
+        band=chosen.band,
+        reasons=chosen.reasons,
+        sla=queue.sla(ctx.settings.review, priority),
+        actor=ACTOR,
+    )
 
 
 def route(job_id: str, ctx: StageContext) -> bool:
@@ -456,18 +495,7 @@ def route(job_id: str, ctx: StageContext) -> bool:
         )
         set_state(session, job, chosen.state, stage=ROUTE, band=chosen.band)
         if chosen.state == IN_REVIEW:
-            priority = HIGH if chosen.risk >= ctx.settings.routing.high_risk_at else NORMAL
-            queue.open_task(
-                session=session,
-                tenant_id=job.tenant_id,
-                job_id=job.id,
-                requester=job.created_by,
-                priority=priority,
-                band=chosen.band,
-                reasons=chosen.reasons,
-                sla=queue.sla(ctx.settings.review, priority),
-                actor=ACTOR,
-            )
+            _open_review(session, job, chosen, ctx)
         _finish(session, job_id, ROUTE, chosen.band)
         return job.state not in SETTLED_STATES
 

@@ -4,7 +4,15 @@ check of an image to edit, `POST /v1/checks` and `clearance check image` all cal
 `check_image`.
 
 Fail closed: a matcher that errors is recorded as a fault and the image goes to review;
-it is never approved on the strength of the checks that did run.
+it is never approved on the strength of the checks that did run. The stage's soft time
+limit arriving inside a matcher is such a fault too, but it ends the check there: no later
+matcher runs, and the result says `out_of_time`, so the stage records what it has and ends
+before the hard limit kills the worker.
+
+Each check is some tenant's: it matches the shared catalogue and that tenant's own assets and
+exemplars, never another tenant's. The index holds everyone's; PDQ filters in its query, and
+CLIP and keypoint matches are filtered after the search (CLIP asks for as many more
+neighbours as there are exemplars the tenant may not see, so they cannot crowd out its own).
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.images import to_array
@@ -25,6 +34,7 @@ from reference_index import index as index_versions
 from reference_index import nsfw, pdq
 from reference_index.embedders import get_embedder
 from reference_index.models import ProtectedAsset, ReferenceImage
+from reference_index.service import visible_to
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,8 @@ class CheckResult:
     index_checkpoint: str | None
     faults: list[dict[str, str]] = field(default_factory=list)
     suppressed: list[dict[str, Any]] = field(default_factory=list)
+    # The soft time limit cut the check short (its matcher is among the faults).
+    out_of_time: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,7 +93,11 @@ def _threshold(asset: ProtectedAsset | None, key: str, default: float) -> float:
 
 
 def _pdq_candidates(
-    rgb: np.ndarray, session: Session, settings: Settings, assets: dict[str, ProtectedAsset]
+    rgb: np.ndarray,
+    session: Session,
+    settings: Settings,
+    assets: dict[str, ProtectedAsset],
+    tenant_id: str | None,
 ) -> list[_Candidate]:
     matching = settings.matching
     hashed = pdq.compute_array(rgb)
@@ -94,7 +110,10 @@ def _pdq_candidates(
             ReferenceImage.polarity,
             ReferenceImage.pdq_hash,
         )
-        .where(ReferenceImage.pdq_quality >= matching.pdq_min_quality)
+        .where(
+            ReferenceImage.pdq_quality >= matching.pdq_min_quality,
+            visible_to(ReferenceImage.tenant_id, tenant_id),
+        )
         .order_by(ReferenceImage.id)
     ).all()
     if not rows:
@@ -129,7 +148,9 @@ def _index_candidates(
     settings: Settings,
     assets: dict[str, ProtectedAsset],
     faults: list[dict[str, str]],
+    hidden: int,
 ) -> list[_Candidate]:
+    """`hidden`: how many exemplars of the index this check may not use."""
     clip = settings.matching.clip
     embedder = get_embedder(settings)
     found: list[_Candidate] = []
@@ -138,12 +159,11 @@ def _index_candidates(
         try:
             step()
         except Exception as e:  # one matcher failing must not hide the others' results
-            log.warning("matcher %s failed: %s", matcher, e, exc_info=True)
-            faults.append({"matcher": matcher, "error": f"{type(e).__name__}: {e}"})
+            _fault(faults, matcher, e)
 
     def clip_matches() -> None:
         vector = embedder.embed_images([image])
-        for exemplar_id, score in loaded.vectors.search(vector, _CLIP_NEIGHBOURS)[0]:
+        for exemplar_id, score in loaded.vectors.search(vector, _CLIP_NEIGHBOURS + hidden)[0]:
             exemplar = loaded.exemplars.get(exemplar_id)
             if exemplar is None:
                 continue
@@ -260,6 +280,30 @@ def _apply_negatives(candidates: list[_Candidate]) -> tuple[list[Match], list[di
     return sorted(best.values(), key=lambda m: (-m.counted, -m.score)), suppressed
 
 
+class _OutOfTime(BaseException):
+    """Unwinds the check from the matcher the soft time limit arrived in, past the handlers
+    that record an ordinary failure and go on with the next matcher."""
+
+
+def _fault(faults: list[dict[str, str]], matcher: str, error: Exception) -> None:
+    log.warning("the %s check failed: %s", matcher, error, exc_info=True)
+    faults.append({"matcher": matcher, "error": f"{type(error).__name__}: {error}"})
+    if isinstance(error, SoftTimeLimitExceeded):
+        raise _OutOfTime from error
+
+
+def not_checked(reason: str, *, embedder: str) -> CheckResult:
+    """The result of an image no matcher looked at: it goes to a person."""
+    return CheckResult(
+        decision="review",
+        matches=[],
+        nsfw=None,
+        embedder=embedder,
+        index_checkpoint=None,
+        faults=[{"matcher": "image", "error": reason}],
+    )
+
+
 def decide(matches: list[Match], nsfw_decision: str | None, faults: list[dict[str, str]]) -> str:
     counted = [m for m in matches if m.counted]
     if any(m.strength == "reject" for m in counted) or nsfw_decision == "reject":
@@ -269,38 +313,69 @@ def decide(matches: list[Match], nsfw_decision: str | None, faults: list[dict[st
     return "approve"
 
 
-def check_image(image: Image.Image, *, session: Session, settings: Settings) -> CheckResult:
+def check_image(
+    image: Image.Image, *, session: Session, settings: Settings, tenant_id: str | None
+) -> CheckResult:
+    """The check of an image for `tenant_id`: against the shared catalogue and that tenant's
+    own assets and exemplars (None: the shared catalogue only)."""
     rgb = to_array(image)
-    assets = {a.id: a for a in session.scalars(select(ProtectedAsset))}
+    assets = {
+        a.id: a
+        for a in session.scalars(
+            select(ProtectedAsset).where(visible_to(ProtectedAsset.tenant_id, tenant_id))
+        )
+    }
+    exemplars = set(
+        session.scalars(
+            select(ReferenceImage.id).where(visible_to(ReferenceImage.tenant_id, tenant_id))
+        )
+    )
+    hidden = session.scalar(
+        select(func.count())
+        .select_from(ReferenceImage)
+        .where(~visible_to(ReferenceImage.tenant_id, tenant_id))
+    )
     faults: list[dict[str, str]] = []
     candidates: list[_Candidate] = []
-    try:
-        candidates += _pdq_candidates(rgb, session, settings, assets)
-    except Exception as e:  # recorded, and the image goes to review
-        log.warning("PDQ check failed: %s", e, exc_info=True)
-        faults.append({"matcher": "pdq", "error": f"{type(e).__name__}: {e}"})
     checkpoint = None
-    try:
-        loaded = index_versions.load_active(session=session, settings=settings)
-        if loaded is not None:
-            checkpoint = loaded.checkpoint
-            candidates += _index_candidates(image, rgb, loaded, settings, assets, faults)
-        elif session.scalar(select(ReferenceImage.id).limit(1)) is not None:
-            faults.append(
-                {
-                    "matcher": "index",
-                    "error": "exemplars exist but no index is built: run `clearance index build`",
-                }
-            )
-    except Exception as e:
-        log.warning("index unusable: %s", e, exc_info=True)
-        faults.append({"matcher": "index", "error": f"{type(e).__name__}: {e}"})
     nsfw_result = None
+    out_of_time = False
     try:
-        nsfw_result = nsfw.detect(rgb, settings.matching.nsfw).to_dict()
-    except Exception as e:
-        log.warning("NSFW check failed: %s", e, exc_info=True)
-        faults.append({"matcher": "nsfw", "error": f"{type(e).__name__}: {e}"})
+        try:
+            candidates += _pdq_candidates(rgb, session, settings, assets, tenant_id)
+        except Exception as e:  # recorded, and the image goes to review
+            _fault(faults, "pdq", e)
+        try:
+            loaded = index_versions.load_active(session=session, settings=settings)
+            if loaded is not None:
+                checkpoint = loaded.checkpoint
+                candidates += _index_candidates(
+                    image, rgb, loaded, settings, assets, faults, hidden or 0
+                )
+            elif exemplars:
+                faults.append(
+                    {
+                        "matcher": "index",
+                        "error": "exemplars exist but no index is built: "
+                        "run `clearance index build`",
+                    }
+                )
+        except Exception as e:
+            _fault(faults, "index", e)
+        try:
+            nsfw_result = nsfw.detect(rgb, settings.matching.nsfw).to_dict()
+        except Exception as e:
+            _fault(faults, "nsfw", e)
+    except _OutOfTime:
+        out_of_time = True
+    # Nothing of another tenant's, negatives included: they must not silence this tenant's
+    # matches either.
+    candidates = [
+        c
+        for c in candidates
+        if c.match.asset_id in assets
+        and (c.match.exemplar_id is None or c.match.exemplar_id in exemplars)
+    ]
     matches, suppressed = _apply_negatives(candidates)
     decision = decide(matches, nsfw_result["decision"] if nsfw_result else None, faults)
     return CheckResult(
@@ -311,4 +386,5 @@ def check_image(image: Image.Image, *, session: Session, settings: Settings) -> 
         index_checkpoint=checkpoint,
         faults=faults,
         suppressed=suppressed,
+        out_of_time=out_of_time,
     )

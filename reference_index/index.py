@@ -112,10 +112,15 @@ def _asset_texts(session: Session) -> tuple[list[str], list[str]]:
 def _keypoint_group(reference: ReferenceImage) -> str:
     """The keypoint index keeps the best match per group; an asset's negative exemplars are
     a group of their own, so a look-alike matching a negative is never hidden behind a
-    slightly better match to one of the asset's exemplars (checks.py compares the two)."""
+    slightly better match to one of the asset's exemplars (checks.py compares the two).
+    A tenant's own exemplars of a shared asset are a group of their own too: checks drop
+    them for other tenants, and they must not hide the shared exemplars' match."""
+    group = reference.asset_id
+    if reference.tenant_id is not None:
+        group += f"@{reference.tenant_id}"
     if reference.polarity == "negative":
-        return f"{reference.asset_id}/negative"
-    return reference.asset_id
+        group += "/negative"
+    return group
 
 
 def _embed_references(

@@ -15,9 +15,14 @@ POLARITIES = ("positive", "negative")
 
 
 class ProtectedAsset(Base):
+    """An asset of the shared catalogue (`tenant_id` None: imported by operators, checked for
+    every tenant, read-only to them) or a tenant's own (visible to, and matched for, that
+    tenant only; its id is `<tenant name>:<id>`, so ids never collide across tenants)."""
+
     __tablename__ = "protected_assets"
 
     id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(32), index=True)
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(20))
     owner: Mapped[str] = mapped_column(String(200), default="")
@@ -34,15 +39,19 @@ class ProtectedAsset(Base):
 
 
 class ReferenceImage(Base):
-    """An exemplar image of a protected asset, with its PDQ hash (256 bits, 64 hex digits)."""
+    """An exemplar image of a protected asset, with its PDQ hash (256 bits, 64 hex digits).
+    `tenant_id` None: part of the shared catalogue. Set: that tenant's own, used for that
+    tenant's checks only (every exemplar of a tenant's asset, and the exemplars a tenant's
+    confirmed reviews add to a shared asset)."""
 
     __tablename__ = "reference_images"
-    __table_args__ = (UniqueConstraint("asset_id", "blob_sha256"),)
+    __table_args__ = (UniqueConstraint("asset_id", "blob_sha256", "tenant_id"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     asset_id: Mapped[str] = mapped_column(
         ForeignKey("protected_assets.id", ondelete="CASCADE"), index=True
     )
+    tenant_id: Mapped[str | None] = mapped_column(String(32), index=True)
     blob_sha256: Mapped[str] = mapped_column(String(64))
     polarity: Mapped[str] = mapped_column(String(10), default="positive")
     width: Mapped[int] = mapped_column(default=0)

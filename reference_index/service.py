@@ -1,5 +1,12 @@
 """The protected-asset catalogue: assets, their exemplars and negative exemplars, YAML
 import and export. Matching is `reference_index.checks`; the index is `reference_index.index`.
+
+Two kinds of rows share the tables. The shared catalogue (`tenant_id` None) is imported by
+operators, checked for every tenant, and read-only to tenants. A tenant's own assets and
+exemplars (`tenant_id` set) are seen, changed and matched for that tenant only; a tenant's
+asset id is `<tenant name>:<id>`, and shared ids have no ':', so no id is ever taken by
+another tenant. Functions take the caller's `tenant_id`; None is an operator, who sees and
+changes the shared catalogue only.
 """
 
 from __future__ import annotations
@@ -11,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from audit import service as audit
 from core.blobs import BlobStore
-from core.errors import ConflictError, choices
+from core.errors import ConflictError, PermissionDeniedError, choices
 from core.images import ImageError, decode_image, to_array
 from reference_index import pdq
 from reference_index.errors import AssetNotFoundError, CatalogueError
@@ -30,6 +37,8 @@ from reference_index.models import (
 from reference_index.schemas import ImportSummary
 
 _ASSET_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
+_TENANT_ASSET_ID = re.compile(r"[a-z0-9][a-z0-9._-]*:[a-z0-9][a-z0-9._-]*")
+MAX_ASSET_ID = 100
 # The same ranges as the settings they override (core/settings.py).
 THRESHOLD_RANGES: dict[str, tuple[float, float]] = {
     "pdq_max_distance": (0, 256),
@@ -52,13 +61,47 @@ class AssetFields:
     thresholds: tuple[tuple[str, float], ...] = ()
 
 
-def validate_asset(asset_id: str, fields: AssetFields, where: str = "asset") -> None:
-    if not _ASSET_ID.fullmatch(asset_id):
+def tenant_asset_id(tenant_name: str, asset_id: str) -> str:
+    """The id of a tenant's own asset."""
+    return f"{tenant_name}:{asset_id}"
+
+
+def visible_to(
+    column: InstrumentedAttribute[str | None], tenant_id: str | None
+) -> ColumnElement[bool]:
+    """Rows a tenant sees by their `tenant_id` column: the shared catalogue and its own."""
+    if tenant_id is None:
+        return column.is_(None)
+    return column.is_(None) | (column == tenant_id)
+
+
+def _validate_id(asset_id: str, tenant_id: str | None, where: str) -> None:
+    if tenant_id is None and not _ASSET_ID.fullmatch(asset_id):
         raise CatalogueError(
             f"{where}: id {asset_id!r} is not allowed: use 1-100 lowercase letters, digits, "
             "'.', '_' or '-'",
             field="id",
         )
+    if tenant_id is not None:
+        if not _TENANT_ASSET_ID.fullmatch(asset_id):
+            raise CatalogueError(
+                f"{where}: id {asset_id!r} is not allowed: a tenant's asset id is "
+                "'<tenant>:<id>', each part lowercase letters, digits, '.', '_' or '-'",
+                field="id",
+            )
+        if len(asset_id) > MAX_ASSET_ID:
+            prefix = asset_id.split(":", 1)[0]
+            raise CatalogueError(
+                f"{where}: id {asset_id!r} is {len(asset_id)} characters with the tenant's "
+                f"prefix {prefix + ':'!r}; at most {MAX_ASSET_ID} are allowed",
+                field="id",
+            )
+
+
+def validate_asset(
+    asset_id: str, fields: AssetFields, where: str = "asset", tenant_id: str | None = None
+) -> None:
+    _validate_id(asset_id, tenant_id, where)
     if not fields.name.strip():
         raise CatalogueError(f"{where}: name is empty", field="name")
     if fields.kind not in ASSET_KINDS:
@@ -94,22 +137,32 @@ def _apply(asset: ProtectedAsset, fields: AssetFields) -> None:
 
 
 def save_asset(
-    *, session: Session, asset_id: str, fields: AssetFields, actor: str, create_only: bool = False
+    *,
+    session: Session,
+    asset_id: str,
+    fields: AssetFields,
+    actor: str,
+    create_only: bool = False,
+    tenant_id: str | None = None,
 ) -> tuple[ProtectedAsset, bool]:
-    """Create or update an asset; the flag says whether it was created."""
-    validate_asset(asset_id, fields)
+    """Create or update an asset of the shared catalogue (`tenant_id` None) or of a tenant
+    (its id from `tenant_asset_id`); the flag says whether it was created."""
     asset = session.get(ProtectedAsset, asset_id)
+    if asset is not None:
+        require_editable(asset, tenant_id)
+        if create_only:
+            raise ConflictError(f"asset {asset_id!r} already exists", field="id")
+    validate_asset(asset_id, fields, tenant_id=tenant_id)
     created = asset is None
     if asset is None:
-        asset = ProtectedAsset(id=asset_id)
+        asset = ProtectedAsset(id=asset_id, tenant_id=tenant_id)
         session.add(asset)
-    elif create_only:
-        raise ConflictError(f"asset {asset_id!r} already exists", field="id")
     _apply(asset, fields)
     session.flush()
     audit.append(
         session=session,
         actor=actor,
+        tenant_id=tenant_id,
         type="asset.created" if created else "asset.updated",
         subject=f"asset:{asset_id}",
         payload={
@@ -123,17 +176,41 @@ def save_asset(
     return asset, created
 
 
-def get_asset(*, session: Session, asset_id: str) -> ProtectedAsset:
+def get_asset(*, session: Session, asset_id: str, tenant_id: str | None = None) -> ProtectedAsset:
+    """An asset the tenant sees; another tenant's is answered as one that does not exist."""
     asset = session.get(ProtectedAsset, asset_id)
-    if asset is None:
+    if asset is None or asset.tenant_id not in (None, tenant_id):
         raise AssetNotFoundError(f"asset {asset_id!r} does not exist", field="asset_id")
     return asset
 
 
+def require_editable(asset: ProtectedAsset, tenant_id: str | None) -> None:
+    """A tenant changes its own assets only; the shared catalogue is the operators'."""
+    if asset.tenant_id == tenant_id:
+        return
+    if asset.tenant_id is None:
+        raise PermissionDeniedError(
+            f"asset {asset.id!r} is in the shared catalogue, which only operators change "
+            "(`clearance assets import`); add an asset of your own with POST /v1/assets",
+            field="asset_id",
+        )
+    raise AssetNotFoundError(f"asset {asset.id!r} does not exist", field="asset_id")
+
+
+def visible_references(asset: ProtectedAsset, tenant_id: str | None) -> list[ReferenceImage]:
+    """The exemplars of an asset that a tenant sees: the shared ones and its own."""
+    return [r for r in asset.references if r.tenant_id in (None, tenant_id)]
+
+
 def list_assets(
-    *, session: Session, kind: str | None = None, offset: int = 0, limit: int = 50
+    *,
+    session: Session,
+    kind: str | None = None,
+    offset: int = 0,
+    limit: int = 50,
+    tenant_id: str | None = None,
 ) -> tuple[list[ProtectedAsset], int]:
-    query = select(ProtectedAsset)
+    query = select(ProtectedAsset).where(visible_to(ProtectedAsset.tenant_id, tenant_id))
     if kind is not None:
         if kind not in ASSET_KINDS:
             raise CatalogueError(
@@ -145,15 +222,19 @@ def list_assets(
     return list(rows), total
 
 
-def delete_asset(*, session: Session, asset_id: str, actor: str) -> list[str]:
+def delete_asset(
+    *, session: Session, asset_id: str, actor: str, tenant_id: str | None = None
+) -> list[str]:
     """Delete an asset and its exemplars; returns the ids of the exemplars removed, which
     the caller takes out of the index."""
-    asset = get_asset(session=session, asset_id=asset_id)
+    asset = get_asset(session=session, asset_id=asset_id, tenant_id=tenant_id)
+    require_editable(asset, tenant_id)
     removed = [r.id for r in asset.references]
     session.delete(asset)
     audit.append(
         session=session,
         actor=actor,
+        tenant_id=tenant_id,
         type="asset.deleted",
         subject=f"asset:{asset_id}",
         payload={"exemplars_removed": removed},
@@ -170,22 +251,32 @@ def add_reference_image(
     source: str,
     actor: str,
     polarity: str = "positive",
+    tenant_id: str | None = None,
 ) -> tuple[ReferenceImage, bool]:
-    """Store an exemplar (or, with polarity "negative", an approved look-alike) of an asset.
-    Adding the same image twice returns the first one; the flag says whether it was new.
-    The caller adds new exemplars to the index (`reference_index.index.add`)."""
+    """Store an exemplar (or, with polarity "negative", an approved look-alike) of an asset,
+    as the tenant's own (`tenant_id`) or the shared catalogue's (None). A tenant may add its
+    own to a shared asset (its confirmed reviews do); the API refuses that to tenants'
+    callers (`require_editable`). Adding an image the tenant already sees on the asset
+    returns that one; the flag says whether it was new. The caller adds new exemplars to the
+    index (`reference_index.index.add`)."""
     if polarity not in POLARITIES:
         raise CatalogueError(
             f"polarity {polarity!r} is not one of {choices(POLARITIES)}", field="polarity"
         )
-    get_asset(session=session, asset_id=asset_id)
+    get_asset(session=session, asset_id=asset_id, tenant_id=tenant_id)
     image = decode_image(data, field="exemplar")
     hashed = pdq.compute_array(to_array(image))
     sha256 = blobs.put(data)
     existing = session.scalar(
-        select(ReferenceImage).where(
-            ReferenceImage.asset_id == asset_id, ReferenceImage.blob_sha256 == sha256
+        select(ReferenceImage)
+        .where(
+            ReferenceImage.asset_id == asset_id,
+            ReferenceImage.blob_sha256 == sha256,
+            visible_to(ReferenceImage.tenant_id, tenant_id),
         )
+        # The shared one first: a tenant does not need a copy of its own.
+        .order_by(ReferenceImage.tenant_id.is_(None).desc())
+        .limit(1)
     )
     if existing is not None:
         if existing.polarity != polarity:
@@ -197,6 +288,7 @@ def add_reference_image(
         return existing, False
     reference = ReferenceImage(
         asset_id=asset_id,
+        tenant_id=tenant_id,
         blob_sha256=sha256,
         polarity=polarity,
         width=image.width,
@@ -210,6 +302,7 @@ def add_reference_image(
     audit.append(
         session=session,
         actor=actor,
+        tenant_id=tenant_id,
         type="reference.added",
         subject=f"asset:{asset_id}",
         payload={
@@ -224,17 +317,35 @@ def add_reference_image(
 
 
 def delete_reference_image(
-    *, session: Session, asset_id: str, reference_id: str, actor: str
+    *,
+    session: Session,
+    asset_id: str,
+    reference_id: str,
+    actor: str,
+    tenant_id: str | None = None,
 ) -> None:
+    """Delete an exemplar; a tenant deletes its own only (one its reviews added to a shared
+    asset included), never the shared catalogue's. (Every exemplar of a tenant's asset is
+    that tenant's, so the exemplar's own tenant decides.)"""
     reference = session.get(ReferenceImage, reference_id)
-    if reference is None or reference.asset_id != asset_id:
+    if (
+        reference is None
+        or reference.asset_id != asset_id
+        or reference.tenant_id not in (None, tenant_id)
+    ):
         raise AssetNotFoundError(
             f"exemplar {reference_id!r} of asset {asset_id!r} does not exist", field="exemplar_id"
+        )
+    if reference.tenant_id != tenant_id:
+        raise PermissionDeniedError(
+            f"exemplar {reference_id!r} is in the shared catalogue, which only operators change",
+            field="exemplar_id",
         )
     session.delete(reference)
     audit.append(
         session=session,
         actor=actor,
+        tenant_id=tenant_id,
         type="reference.deleted",
         subject=f"asset:{asset_id}",
         payload={"reference_image_id": reference_id, "sha256": reference.blob_sha256},
@@ -337,10 +448,13 @@ def import_catalogue(
 
 
 def export_catalogue(*, session: Session, blobs: BlobStore, folder: Path | None) -> str:
-    """The catalogue as YAML in the import format. With a folder, exemplar images are written
-    under folder/exemplars/ and listed; without one, the YAML lists no images."""
+    """The shared catalogue as YAML in the import format (tenants' own assets and exemplars
+    are theirs, not part of it). With a folder, exemplar images are written under
+    folder/exemplars/ and listed; without one, the YAML lists no images."""
     assets = []
-    for asset in session.scalars(select(ProtectedAsset).order_by(ProtectedAsset.id)):
+    for asset in session.scalars(
+        select(ProtectedAsset).where(ProtectedAsset.tenant_id.is_(None)).order_by(ProtectedAsset.id)
+    ):
         entry: dict[str, Any] = {
             "id": asset.id,
             "name": asset.name,
@@ -355,7 +469,7 @@ def export_catalogue(*, session: Session, blobs: BlobStore, folder: Path | None)
         if folder is not None:
             for polarity, key in (("positive", "exemplars"), ("negative", "negative_exemplars")):
                 paths = []
-                for reference in sorted(asset.references, key=lambda r: r.id):
+                for reference in sorted(visible_references(asset, None), key=lambda r: r.id):
                     if reference.polarity != polarity:
                         continue
                     relative = (

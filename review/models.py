@@ -82,3 +82,20 @@ class ReviewDecision(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     task: Mapped[ReviewTask] = relationship(back_populates="decisions")
+
+
+class TenantPolicyOverride(Base):
+    """A tenant's own prompt-policy overrides, set by its admin (`PUT /v1/admin/rules`): the
+    YAML as sent, validated by the rule-file loader. It applies on top of the rule file, whose
+    own entry for the tenant (the operator's) keeps the last word."""
+
+    __tablename__ = "tenant_policy_overrides"
+
+    tenant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    # 1 for the first version, then one more for every replacement.
+    revision: Mapped[int] = mapped_column(Integer)
+    # The rules version this override produced when it was saved.
+    rules_version: Mapped[str] = mapped_column(String(100))
+    updated_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from core.errors import choices
@@ -42,11 +42,16 @@ from review.schemas import (
 from review.semantic import Described, DescriptionMatcher, load_encoder
 
 
-def rules_from_settings(settings: PolicySettings) -> PolicyRules:
+def rules_from_settings(
+    settings: PolicySettings, tenant_overrides: Mapping[str, str] | None = None
+) -> PolicyRules:
     """The rule file named in settings (default: the packaged one) with the settings'
-    blocklist and review terms merged in."""
+    blocklist and review terms, and the tenants' own overrides, merged in."""
     return load_rules(
-        settings.rules_file, blocklist=settings.blocklist, review_terms=settings.review_terms
+        settings.rules_file,
+        blocklist=settings.blocklist,
+        review_terms=settings.review_terms,
+        tenant_overrides=tenant_overrides,
     )
 
 
@@ -295,7 +300,8 @@ class PolicyEngine:
         hits = [
             hit
             for hit in self._names.find(prompt.words)
-            if not hit.target.ordinary or prompt.words.capitalised[hit.first_word]
+            if (not hit.target.ordinary or prompt.words.capitalised[hit.first_word])
+            and self._visible(hit.target.asset, prompt)
         ]
         found = []
         seen = set()
@@ -339,7 +345,7 @@ class PolicyEngine:
         for found in self._fuzzy.find(prompt.words, exact_words):
             hit = found.hit
             entry = self.catalogue[hit.target.asset]
-            if entry.id in named:
+            if entry.id in named or not self._visible(hit.target.asset, prompt):
                 continue
             decision = (
                 "review" if found.edits >= fuzzy.review_from_edits else self._decision_for(entry)
@@ -369,7 +375,7 @@ class PolicyEngine:
         findings = []
         for match in described:
             entry = self.catalogue[self._described_assets[match.index]]
-            if entry.id in named:
+            if entry.id in named or not self._visible(self._described_assets[match.index], prompt):
                 continue
             findings.append(
                 _Finding(
@@ -386,6 +392,11 @@ class PolicyEngine:
         return findings
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _visible(self, asset: int, prompt: _Prompt) -> bool:
+        """A tenant's own asset is matched in that tenant's prompts only: another tenant's
+        prompt never sees its name in a reason."""
+        return self.catalogue[asset].tenant in (None, prompt.request.tenant)
 
     def _decision_for(self, entry: CatalogueEntry) -> Decision:
         return self.rules.name_decisions.get(entry.kind, self.rules.other_kinds)

@@ -4,6 +4,11 @@ file, the line and the field; nothing half-loaded is ever used.
 The settings' `blocklist` and `review_terms` are merged in as two more rules, `blocklist` and
 `review_terms`; each tenant's `block_terms` and `review_terms` as `tenant.block_terms` and
 `tenant.review_terms`, which fire for that tenant only.
+
+A tenant's admin may keep overrides of its own (`tenant_overrides`, stored in the database):
+a YAML mapping in the form of one entry under `tenants:`, validated like the file (errors
+name the line of that YAML) and merged with the file's entry for the tenant, whose
+decisions win. Either way a locked rule can never be lifted.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +107,13 @@ def load_rules(
     *,
     blocklist: Sequence[str] = (),
     review_terms: Sequence[str] = (),
+    tenant_overrides: Mapping[str, str] | None = None,
 ) -> PolicyRules:
     """The rule file at `path` (default: the one shipped in the package), with the extra
-    terms of settings merged in. Its version is the file's `version` plus a hash of the
-    content, so an edit that forgets to bump `version` still gives a new one."""
+    terms of settings and the tenants' own overrides (tenant id -> YAML) merged in. Its
+    version is the file's `version` plus a hash of all of it, so an edit that forgets to bump
+    `version`, or a tenant's new override, still gives a new one. A bad override raises a
+    `RulesFileError` with `tenant` (its id) and the line in that override."""
     path = path or DEFAULT_RULES_FILE
     try:
         source = path.read_text(encoding="utf-8")
@@ -128,11 +136,75 @@ def load_rules(
     if problem is not None:
         loc, message = problem
         raise _error(path, _line(root, loc), _dotted(loc), message)
+    if tenant_overrides:
+        tenants = dict(parsed.tenants)
+        for tenant_id, override_source in sorted(tenant_overrides.items()):
+            override = _parse_override(override_source, parsed, tenant_id)
+            tenants[tenant_id] = _merge(override, parsed.tenants.get(tenant_id))
+        parsed = parsed.model_copy(update={"tenants": tenants})
     # Sorted: the order of the terms changes nothing, so it must not change the version.
     extra = {"blocklist": sorted(blocklist), "review_terms": sorted(review_terms)}
     if any(not term.strip() for terms in extra.values() for term in terms):
         raise RulesFileError("extra terms from settings must not be blank", field="policy")
     return _rules(parsed, extra)
+
+
+def _parse_override(source: str, parsed: _RuleFile, tenant_id: str) -> _Tenant:
+    """A tenant's own override, checked against the rule file it applies to."""
+
+    def error(line: int | None, loc: Loc, message: str) -> RulesFileError:
+        at = f"line {line}: " if line is not None else ""
+        where = f"{_dotted(loc)}: " if loc else ""
+        extra: dict[str, Any] = {"line": line} if line is not None else {}
+        return RulesFileError(
+            f"tenant override: {at}{where}{message}", field="yaml", tenant=tenant_id, **extra
+        )
+
+    try:
+        root = yaml.compose(source, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise error(mark.line + 1 if mark is not None else None, (), f"not valid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise error(
+            _line(root, ()),
+            (),
+            f"expected a mapping of {choices(sorted(_Tenant.model_fields))}",
+        )
+    try:
+        override = _Tenant.model_validate(data)
+    except ValidationError as e:
+        loc = tuple(e.errors()[0]["loc"])
+        message = e.errors()[0]["msg"]
+        if e.errors()[0]["type"] == "extra_forbidden":
+            message += f"; valid keys: {choices(sorted(_Tenant.model_fields))}"
+        raise error(_line(root, loc), loc, message) from e
+    problem = _check_tenant(override, parsed, ())
+    if problem is not None:
+        loc, message = problem
+        raise error(_line(root, loc), loc, message)
+    return override
+
+
+def _merge(override: _Tenant, operator: _Tenant | None) -> _Tenant:
+    """The tenant's override with the rule file's entry for it: terms and assets of both,
+    and the file's decision where both decide a rule."""
+    if operator is None:
+        return override
+
+    def both(a: list[str], b: list[str]) -> list[str]:
+        return list(dict.fromkeys([*a, *b]))
+
+    return _Tenant(
+        allow_terms=both(override.allow_terms, operator.allow_terms),
+        allow_assets=both(override.allow_assets, operator.allow_assets),
+        decisions={**override.decisions, **operator.decisions},
+        block_terms=both(override.block_terms, operator.block_terms),
+        review_terms=both(override.review_terms, operator.review_terms),
+    )
 
 
 def _rules(parsed: _RuleFile, extra: dict[str, list[str]]) -> PolicyRules:
@@ -218,16 +290,40 @@ def _check(parsed: _RuleFile) -> tuple[Loc, str] | None:
                 if name not in parsed.terms:
                     valid = choices(sorted(parsed.terms))
                     return ("categories", i, field, j), f"no term set {name!r}; valid: {valid}"
-    locked = {c.id for c in parsed.categories if c.locked}
-    known = seen | set(ENGINE_RULES)
     for tenant_name, tenant in parsed.tenants.items():
-        for rule_id in tenant.decisions:
-            loc: Loc = ("tenants", tenant_name, "decisions", rule_id)
-            if rule_id in locked:
-                return loc, f"rule {rule_id!r} is locked: no tenant override can lift it"
-            if rule_id not in known:
-                return loc, f"no rule {rule_id!r}; valid: {choices(sorted(known - locked))}"
+        problem = _check_tenant(tenant, parsed, ("tenants", tenant_name))
+        if problem is not None:
+            return problem
     return None
+
+
+def _check_tenant(tenant: _Tenant, parsed: _RuleFile, at: Loc) -> tuple[Loc, str] | None:
+    """A tenant's terms are not blank; its decisions name rules of the file, never a locked
+    one."""
+    for field in ("allow_terms", "block_terms", "review_terms"):
+        for i, term in enumerate(getattr(tenant, field)):
+            if not term.strip(" *"):
+                return (*at, field, i), "a term must not be blank"
+    locked = {c.id for c in parsed.categories if c.locked}
+    known = {c.id for c in parsed.categories} | set(ENGINE_RULES)
+    for rule_id in tenant.decisions:
+        loc: Loc = (*at, "decisions", rule_id)
+        if rule_id in locked:
+            return loc, f"rule {rule_id!r} is locked: no tenant override can lift it"
+        if rule_id not in known:
+            return loc, f"no rule {rule_id!r}; valid: {choices(sorted(known - locked))}"
+    return None
+
+
+def locked_rules(rules: PolicyRules) -> list[str]:
+    """Ids of the rules no tenant override can lift."""
+    return sorted({c.id for c in rules.categories if c.locked})
+
+
+def overridable_rules(rules: PolicyRules) -> list[str]:
+    """Ids of the rules a tenant's `decisions` may name."""
+    known = {c.id for c in rules.categories if c.tenant is None} | set(ENGINE_RULES)
+    return sorted(known - set(locked_rules(rules)))
 
 
 def _line(root: yaml.Node | None, loc: Loc) -> int | None:

@@ -41,6 +41,8 @@ class CatalogueEntry:
     kind: str
     aliases: tuple[str, ...] = ()
     description: str = ""
+    # A tenant's own asset counts for that tenant's prompts only; None: for everyone's.
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from generation.variants import get_variant
 from pipeline import service as jobs
 from pipeline import stages
 from pipeline.models import Job, Upload
+from reference_index import index as reference_index
 from reference_index.service import import_catalogue
 from tests.conftest import TenantKeys, make_tenant, queued_messages, reset_caches
 from tests.pipeline.conftest import run_all_stages
@@ -214,12 +215,20 @@ def test_kontext_job_runs_end_to_end(client: TestClient, tenant: TenantKeys) -> 
         assert image.size == (320, 256)
 
 
+@pytest.mark.parametrize("verdict", ["approve", "reject"])
 def test_an_input_image_of_a_protected_asset_goes_to_review_before_generation(
-    client: TestClient, tenant: TenantKeys, settings: Settings, tmp_path: Path
+    client: TestClient,
+    tenant: TenantKeys,
+    settings: Settings,
+    tmp_path: Path,
+    broker_file: Path,
+    verdict: str,
 ) -> None:
     """When the image to edit matches a registered protected asset, the job stops at
-    prompt_check in review, with an input_check decision naming the asset; nothing is
-    generated or charged."""
+    prompt_check in review, with an input_check decision naming the asset and a review task;
+    nothing is generated or charged. A reviewer's approval sends the job on to generation
+    (queued from the generate stage) and through the rest of the checks to release; a
+    rejection ends it."""
     folder = tmp_path / "catalogue"
     folder.mkdir()
     (folder / "astronaut.png").write_bytes(astronaut_png())
@@ -238,10 +247,10 @@ def test_an_input_image_of_a_protected_asset_goes_to_review_before_generation(
             }
         )
     )
+    blobs = BlobStore(settings.blob_dir)
     with session_scope() as session:
-        import_catalogue(
-            session=session, blobs=BlobStore(settings.blob_dir), path=catalogue, actor="test"
-        )
+        import_catalogue(session=session, blobs=blobs, path=catalogue, actor="test")
+        reference_index.build(session=session, settings=settings, blobs=blobs, actor="test")
     uploaded = upload(client, tenant, astronaut_png()).json()
     created = create(client, tenant, **KONTEXT, input_image=uploaded["id"]).json()
 
@@ -258,6 +267,40 @@ def test_an_input_image_of_a_protected_asset_goes_to_review_before_generation(
     assert "PDQ distance 0" in pdq[0]["detail"]
     assert job["images"] == []
     assert Decimal(job["cost_usd"]) == 0
+
+    reviewer = tenant.headers("reviewer")
+    (task,) = client.get("/v1/reviews", headers=reviewer).json()["items"]
+    assert task["job_id"] == created["id"]
+    assert any(r.get("asset_id") == "eileen" for r in task["reasons"])
+    assert client.post(f"/v1/reviews/{task['id']}/claim", headers=reviewer).status_code == 200
+    queued_before = queued_messages(broker_file)
+    decision = {"decision": verdict, "reason": "acceptable_use", "note": "a licensed photo"}
+    if verdict == "reject":
+        decision["reason"] = "infringement"
+    response = client.post(f"/v1/reviews/{task['id']}/decision", headers=reviewer, json=decision)
+    assert response.status_code == 200, response.text
+    if verdict == "approve":
+        # An exact copy is the high-risk band: a second person (four-eyes) approves too.
+        assert task["required_approvals"] == 2
+        second = tenant.headers("legal")
+        assert client.post(f"/v1/reviews/{task['id']}/claim", headers=second).status_code == 200
+        response = client.post(f"/v1/reviews/{task['id']}/decision", headers=second, json=decision)
+        assert response.status_code == 200, response.text
+
+    if verdict == "reject":
+        assert get_job(client, tenant, created["id"])["state"] == "rejected"
+        assert queued_messages(broker_file) == queued_before
+        return
+    assert get_job(client, tenant, created["id"])["state"] == "generating"
+    assert queued_messages(broker_file) == queued_before + 1  # the chain from generate
+    rest = stages.STAGES[stages.STAGES.index(stages.GENERATE) :]
+    for stage in rest:
+        if not stages.STAGE_FUNCTIONS[stage](created["id"], stages.default_context()):
+            break
+    job = get_job(client, tenant, created["id"])
+    assert job["state"] == "released", job["error"]
+    assert [s["stage"] for s in job["stages"]] == ["prompt_check", *rest]
+    assert len(job["images"]) == 1
 
 
 # --- validation before queuing --------------------------------------------------------------

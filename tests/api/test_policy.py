@@ -142,9 +142,12 @@ def test_invalid_utf8_and_odd_prompts_never_break_the_service(api: TenantClient)
     )
     assert response.status_code == 422
     assert response.json()["field"] == "body"
-    for prompt in ["\U0001f600\U0001f3a8\U0001f5e1", "a cat\x00\x07 on a\x1b[31m mat"]:
+    for prompt in ["\U0001f600\U0001f3a8\U0001f5e1", "a cat\x07 on a\x1b[31m mat"]:
         status, body = check(api, prompt=prompt)
         assert (status, body["decision"]) == (200, "allow"), body
+    # NUL is refused wherever it is sent (PostgreSQL cannot store it), as a job's prompt is.
+    status, body = check(api, prompt="a cat\x00 on a mat")
+    assert (status, body["field"]) == (422, "prompt"), body
 
 
 def test_the_stage_uses_the_catalogue_and_records_both_versions(

@@ -4,6 +4,7 @@ in the logs. Jobs run through the real stages in this process."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import zipfile
@@ -16,10 +17,11 @@ from sqlalchemy import update
 
 from api import auth
 from api.app import create_app
-from api.models import ROLES, ApiKey, Tenant
+from api.models import ROLES, ApiKey, DashboardSession, Tenant
 from core.db import session_scope, utcnow
 from core.settings import Settings
 from pipeline import webhooks
+from tests.api.dashboard_helpers import PASSWORD, Session, make_user
 from tests.api.webhook_receiver import Receiver
 from tests.conftest import TenantKeys, make_tenant, reset_caches
 from tests.pipeline.conftest import run_all_stages
@@ -27,6 +29,9 @@ from tests.pipeline.conftest import run_all_stages
 ANY = frozenset(ROLES)
 OPEN = "open"  # no key needed
 TOKEN = "metrics token"  # the settings' metrics token, not a role
+# Anyone may post the sign-in form; it answers 401 to wrong credentials and 403 without its
+# own CSRF cookie (tests/api/test_dashboard.py tests both).
+SIGN_IN = "sign-in form"
 REQUESTERS = frozenset({"requester", "admin"})
 REVIEWERS = frozenset({"reviewer", "legal", "admin"})
 EDITORS = frozenset({"legal", "admin"})
@@ -44,7 +49,8 @@ ALLOWED: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/v1/usage"): ANY,
     ("GET", "/v1/images/{image_id}"): ANY,
     ("GET", "/healthz"): OPEN,
-    # api/catalogue.py: the catalogue is global; anyone with a key reads it and runs checks.
+    # api/catalogue.py: anyone with a key reads the shared catalogue and its tenant's own
+    # assets and runs checks; editors change their tenant's own assets only.
     ("GET", "/v1/assets"): ANY,
     ("POST", "/v1/assets"): EDITORS,
     ("GET", "/v1/assets/{asset_id}"): ANY,
@@ -74,6 +80,39 @@ ALLOWED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/webhooks/deliveries/{delivery_id}/replay"): ADMIN,
     # api/metrics.py
     ("GET", "/metrics"): TOKEN,
+    # api/admin.py
+    ("GET", "/v1/admin/keys"): ADMIN,
+    ("POST", "/v1/admin/keys"): ADMIN,
+    ("DELETE", "/v1/admin/keys/{key_id}"): ADMIN,
+    ("GET", "/v1/admin/budgets"): ADMIN,
+    ("PUT", "/v1/admin/budgets"): ADMIN,
+    ("GET", "/v1/admin/loras"): ADMIN,
+    ("POST", "/v1/admin/loras"): ADMIN,
+    ("GET", "/v1/admin/rules"): ADMIN,
+    ("PUT", "/v1/admin/rules"): ADMIN,
+    # api/admin_users.py
+    ("GET", "/v1/admin/users"): ADMIN,
+    ("POST", "/v1/admin/users"): ADMIN,
+    ("POST", "/v1/admin/users/{user_id}/disable"): ADMIN,
+    # api/dashboard/: a session cookie, not an API key, opens these (see dashboard_callers).
+    ("GET", "/dashboard/static/{name}"): OPEN,
+    ("GET", "/dashboard/login"): OPEN,
+    ("POST", "/dashboard/login"): SIGN_IN,
+    ("POST", "/dashboard/logout"): ANY,
+    ("GET", "/dashboard"): ANY,
+    ("GET", "/dashboard/queue"): REVIEWERS,
+    ("GET", "/dashboard/events"): REVIEWERS,
+    ("GET", "/dashboard/reviews/{task_id}"): REVIEWERS,
+    ("POST", "/dashboard/reviews/{task_id}/claim"): REVIEWERS,
+    ("POST", "/dashboard/reviews/{task_id}/decision"): REVIEWERS,
+    ("GET", "/dashboard/reviews/{task_id}/images/{index}"): REVIEWERS,
+    ("GET", "/dashboard/exemplars/{exemplar_id}"): REVIEWERS,
+    ("GET", "/dashboard/jobs"): ANY,
+    ("GET", "/dashboard/jobs/{job_id}"): ANY,
+    ("GET", "/dashboard/images/{image_id}"): ANY,
+    ("GET", "/dashboard/stats"): REVIEWERS,
+    ("GET", "/dashboard/audit"): EDITORS,
+    ("GET", "/dashboard/audit/export"): EDITORS,
     # FastAPI's own documentation routes.
     ("GET", "/openapi.json"): OPEN,
     ("GET", "/docs"): OPEN,
@@ -104,6 +143,21 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/webhooks"): {
         "json": {"url": "https://example.invalid/hook", "events": ["job.released"]}
     },
+    ("POST", "/v1/admin/keys"): {"json": {"role": "requester"}},
+    ("PUT", "/v1/admin/budgets"): {"json": {"project": "matrix", "monthly_usd": "10"}},
+    # No adapter folder is set here: an admin gets 422 naming the setting.
+    ("POST", "/v1/admin/loras"): {
+        "json": {"name": "matrix", "path": "x.safetensors", "licence_note": "test"}
+    },
+    ("PUT", "/v1/admin/rules"): {"json": {"yaml": "review_terms: [matrix]"}},
+    ("POST", "/v1/admin/users"): {
+        "json": {"email": "matrix@acme.test", "role": "reviewer", "password": "matrix password"}
+    },
+    # The live-update stream, sent once and ended.
+    ("GET", "/dashboard/events"): {"params": {"max_seconds": 0}},
+    ("POST", "/dashboard/reviews/{task_id}/decision"): {
+        "data": {"decision": "approve", "reason": "other"}
+    },
 }
 
 
@@ -130,6 +184,10 @@ def dummy_path(path: str) -> str:
         task_id="task-x",
         webhook_id="webhook-x",
         delivery_id="delivery-x",
+        key_id="key-x",
+        user_id="user-x",
+        index="0",
+        name="x.js",
     )
 
 
@@ -153,8 +211,38 @@ def make_revoked_admin_key(tenant: TenantKeys) -> str:
     return key
 
 
+def dashboard_callers(client: TestClient, tenant: TenantKeys) -> dict[str, dict[str, str]]:
+    """Who calls the dashboard: no session, an API key (it opens no page), a session that was
+    signed out, has expired or was never issued; and a signed-in user of each role, sending
+    the session's CSRF token as htmx does."""
+
+    def cookie(session: Session) -> dict[str, str]:
+        return {"Cookie": f"clearance_session={session.token}", "X-CSRF-Token": session.csrf}
+
+    signed = {role: Session(client.app, tenant.name, make_user(tenant, role)) for role in ROLES}
+    ended = Session(client.app, tenant.name, make_user(tenant, "admin", "ended@acme.test"))
+    assert ended.post("/dashboard/logout").status_code == 303
+    expired = Session(client.app, tenant.name, make_user(tenant, "admin", "expired@acme.test"))
+    expired_hash = hashlib.sha256(expired.token.encode()).hexdigest()
+    with session_scope() as session:
+        session.execute(
+            update(DashboardSession)
+            .where(DashboardSession.token_hash == expired_hash)
+            .values(expires_at=utcnow())
+        )
+    return {
+        "no session": {},
+        "admin API key": tenant.headers("admin"),
+        "signed-out session": cookie(ended),
+        "expired session": cookie(expired),
+        "forged session": {"Cookie": f"clearance_session={'x' * 43}"},
+        **{role: cookie(session) for role, session in signed.items()},
+    }
+
+
 def test_role_route_matrix(client: TestClient, tenant: TenantKeys) -> None:
     revoked = make_revoked_admin_key(tenant)
+    sessions = dashboard_callers(client, tenant)
     callers: dict[str, dict[str, str]] = {
         "no key": {},
         "bad key": {"Authorization": "Bearer clr_000000000000_" + "x" * 43},
@@ -167,13 +255,18 @@ def test_role_route_matrix(client: TestClient, tenant: TenantKeys) -> None:
         **{role: tenant.headers(role) for role in ROLES},
     }
     wrong: list[str] = []
-    for method, path in app_routes():
+    # Signing out ends the session it is sent with, so that route comes last.
+    for method, path in sorted(app_routes(), key=lambda r: r == ("POST", "/dashboard/logout")):
         allowed = ALLOWED[(method, path)]
-        if allowed == TOKEN:
-            continue  # test_metrics_wants_its_token_not_a_role_key
-        for caller, headers in callers.items():
+        if allowed in (TOKEN, SIGN_IN):
+            continue  # test_metrics_wants_its_token_not_a_role_key, tests/api/test_dashboard.py
+        for caller, headers in (sessions if path.startswith("/dashboard") else callers).items():
             response = client.request(
-                method, dummy_path(path), headers=headers, **REQUESTS.get((method, path), {})
+                method,
+                dummy_path(path),
+                headers=headers,
+                follow_redirects=False,
+                **REQUESTS.get((method, path), {}),
             )
             got = response.status_code
             if allowed == OPEN:
@@ -278,6 +371,20 @@ def test_tenants_see_only_their_own_resources(client: TestClient, settings: Sett
         )
         assert upload.status_code == 201, upload.text
 
+        # A's own asset, a key, a budget and policy overrides, all made by A's admin.
+        admin_a = a.headers("admin")
+        asset = client.post(
+            "/v1/assets", headers=admin_a, json={"id": "logo", "name": "Zorblax", "kind": "logo"}
+        )
+        assert asset.status_code == 201, asset.text
+        asset_id = asset.json()["id"]
+        key = client.post("/v1/admin/keys", headers=admin_a, json={"role": "reviewer"})
+        assert key.status_code == 201, key.text
+        budget = {"project": "posters", "monthly_usd": "12.5"}
+        assert client.put("/v1/admin/budgets", headers=admin_a, json=budget).is_success
+        rules = {"yaml": "review_terms: [zorblax]"}
+        assert client.put("/v1/admin/rules", headers=admin_a, json=rules).is_success
+
         assert webhooks.dispatch_due(settings) >= 1
         deliveries = client.get(f"/v1/webhooks/{hook_id}/deliveries", headers=a.headers("admin"))
         assert deliveries.status_code == 200
@@ -303,6 +410,18 @@ def test_tenants_see_only_their_own_resources(client: TestClient, settings: Sett
             ("admin", "GET", f"/v1/webhooks/{hook_id}/deliveries", {}),
             ("admin", "DELETE", f"/v1/webhooks/{hook_id}", {}),
             ("admin", "POST", f"/v1/webhooks/deliveries/{delivery_id}/replay", {}),
+            ("requester", "GET", f"/v1/assets/{asset_id}", {}),
+            ("requester", "GET", f"/v1/assets/{asset_id}/exemplars", {}),
+            ("legal", "PUT", f"/v1/assets/{asset_id}", {"json": {"name": "x", "kind": "logo"}}),
+            ("admin", "DELETE", f"/v1/assets/{asset_id}", {}),
+            (
+                "admin",
+                "POST",
+                f"/v1/assets/{asset_id}/exemplars",
+                {"files": {"file": ("a.png", png_bytes(), "image/png")}},
+            ),
+            ("admin", "DELETE", f"/v1/admin/keys/{key.json()['id']}", {}),
+            ("admin", "DELETE", f"/v1/admin/keys/{key.json()['prefix']}", {}),
         ]
         for role, method, path, kwargs in probes:
             response = client.request(method, path, headers=b.headers(role), **kwargs)
@@ -312,6 +431,7 @@ def test_tenants_see_only_their_own_resources(client: TestClient, settings: Sett
             assert body["error"].endswith("not_found"), (method, path, body)
             assert "lighthouse" not in response.text
             assert "barn" not in response.text
+            assert "Zorblax" not in response.text
 
         # Using A's upload as an input image: not found for B either.
         as_input = client.post(
@@ -357,6 +477,16 @@ def test_tenants_see_only_their_own_resources(client: TestClient, settings: Sett
             listed = client.get("/v1/reviews", headers=b.headers(role)).json()
             assert (listed["items"], listed["total"]) == ([], 0), role
         assert client.get("/v1/webhooks", headers=b.headers("admin")).json() == []
+        for role in ROLES:
+            listed = client.get("/v1/assets", headers=b.headers(role))
+            assert asset_id not in listed.text, role
+            assert "Zorblax" not in listed.text, role
+        admin_b = b.headers("admin")
+        keys_b = client.get("/v1/admin/keys", params={"limit": 500}, headers=admin_b).json()
+        assert {k["prefix"] for k in keys_b["items"]} == {k.split("_")[1] for k in b.keys.values()}
+        assert client.get("/v1/admin/budgets", headers=admin_b).json()["items"] == []
+        assert client.get("/v1/admin/rules", headers=admin_b).json()["yaml"] == ""
+        assert client.get("/v1/admin/keys", headers=admin_a).json()["total"] == len(a.keys) + 1
         usage_a = client.get("/v1/usage", headers=a.headers()).json()
         usage_b = client.get("/v1/usage", headers=b.headers()).json()
         assert float(usage_a["total_usd"]) > 0
@@ -375,6 +505,47 @@ def test_tenants_see_only_their_own_resources(client: TestClient, settings: Sett
             "/v1/audit/export", params={"tenant": a.name}, headers=b.headers("admin")
         )
         assert refused.status_code == 403
+
+        # The dashboard: B's signed-in users find none of A's jobs, tasks or images (B's
+        # requesters may not open review pages at all), and B's admin none of A's users.
+        a_user = client.post(
+            "/v1/admin/users",
+            headers=a.headers("admin"),
+            json={"email": "rita@tenant-a.test", "role": "reviewer", "password": "a long password"},
+        )
+        assert a_user.status_code == 201, a_user.text
+        pages = [
+            f"/dashboard/jobs/{released}",
+            f"/dashboard/jobs/{waiting}",
+            *[f"/dashboard/images/{i}" for i in image_ids],
+            f"/dashboard/reviews/{task['id']}",
+            f"/dashboard/reviews/{task['id']}/images/0",
+        ]
+        for role in ROLES:
+            viewer = Session(client.app, b.name, make_user(b, role))
+            for path in pages:
+                response = viewer.client.get(path)
+                answer = 403 if role == "requester" and "/reviews/" in path else 404
+                assert response.status_code == answer, (role, path, response.status_code)
+                assert "lighthouse" not in response.text
+                assert "barn" not in response.text
+            if role in REVIEWERS:
+                claim = viewer.post(f"/dashboard/reviews/{task['id']}/claim")
+                assert claim.status_code == 404, role
+                decide = viewer.post(
+                    f"/dashboard/reviews/{task['id']}/decision",
+                    {"decision": "approve", "reason": "other"},
+                )
+                assert decide.status_code == 404, role
+                assert task["id"] not in viewer.client.get("/dashboard/queue").text
+            assert released not in viewer.client.get("/dashboard/jobs").text
+        disable = client.post(
+            f"/v1/admin/users/{a_user.json()['id']}/disable", headers=b.headers("admin")
+        )
+        assert disable.status_code == 404
+        listed_users = client.get("/v1/admin/users", headers=b.headers("admin"))
+        assert "rita@tenant-a.test" not in listed_users.text
+        assert listed_users.json()["total"] == len(ROLES)
 
         # A still sees all of it; B's attempts changed nothing.
         assert client.get(f"/v1/jobs/{queued}", headers=a.headers()).json()["state"] != "cancelled"
@@ -436,6 +607,10 @@ def test_keys_and_secrets_are_never_logged(
         ).is_success
         assert webhooks.dispatch_due(settings) >= 1
         assert client.get("/v1/audit/export", headers=tenant.headers("legal")).is_success
+        # A dashboard user signs in, works and signs out.
+        viewer = Session(client.app, tenant.name, make_user(tenant, "reviewer"))
+        assert viewer.client.get("/dashboard/queue").is_success
+        assert viewer.post("/dashboard/logout").status_code == 303
         # Failed authentications are logged too, perhaps: a wrong key must not be either.
         wrong_key = "clr_0123456789ab_" + "y" * 43
         assert (
@@ -450,6 +625,9 @@ def test_keys_and_secrets_are_never_logged(
         # clr_PREFIX_SECRET, where the base64url secret may itself hold "_".
         secrets[f"{role} key secret part"] = key.split("_", 2)[2]
     secrets["wrong key"] = wrong_key
+    secrets["dashboard password"] = PASSWORD
+    secrets["dashboard session id"] = viewer.token
+    secrets["dashboard CSRF token"] = viewer.csrf
     secrets["webhook secret"] = secret
     for name, path in (
         ("provenance signing key", settings.signing_key_path),
