@@ -17,6 +17,21 @@ from core.settings import Settings, get_settings
 GPU_QUEUE = "gpu"
 CHECKS_QUEUE = "checks"
 
+# How hard a publish retries while the broker is unreachable: a worker waits out a broker
+# restart; a request to the API is answered 503 within a second or so (Celery's default).
+WORKER_RETRY_POLICY = {
+    "max_retries": 30,
+    "interval_start": 0,
+    "interval_step": 1,
+    "interval_max": 2,
+}
+ENQUEUE_RETRY_POLICY = {
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 1,
+}
+
 # kombu's SQLAlchemy transport polls its tables; its default of 1 s adds up to a second to every
 # stage. It is a class attribute because `broker_transport_options` goes to `create_engine`.
 EMBEDDED_BROKER_POLL_S = 0.1
@@ -39,12 +54,25 @@ def configure(settings: Settings | None = None) -> Celery:
             transport_options = {"connect_args": {"timeout": 30, "check_same_thread": False}}
     elif broker.startswith("redis"):
         # Unacknowledged tasks come back after this long; longer than any stage may run.
-        transport_options = {"visibility_timeout": int(settings.worker.stage_time_limit_s * 3)}
+        visibility = int(settings.worker.stage_time_limit_s * 3)
+        transport_options = {
+            "visibility_timeout": visibility,
+            # kombu looks for such tasks at a worker's start and then only every 100 s
+            # (every 10th sweep of 10 s): a task whose worker was killed would wait up to
+            # that long past its timeout. Sweep every twentieth of the timeout instead.
+            "unacked_restore_interval": max(1, visibility // 20),
+            "unacked_restore_throttle": 1,
+        }
     app.conf.update(
         broker_url=broker,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
+        # A worker sends a job's next stage when a stage ends. Celery gives up after about
+        # a second; a broker restarting then would leave the job with no next stage until
+        # its task came back after the visibility timeout. Wait up to a minute instead
+        # (the API enqueues with ENQUEUE_RETRY_POLICY, so a request is not held that long).
+        task_publish_retry_policy=WORKER_RETRY_POLICY,
         task_acks_late=True,
         # A worker killed mid-task gives the task back; the stage guard counts the attempts.
         task_reject_on_worker_lost=True,

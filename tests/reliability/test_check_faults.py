@@ -59,7 +59,7 @@ def index_folder(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyP
         return Path(version.path)
 
 
-def new_job(settings: Settings, tenant: TenantKeys) -> str:
+def new_job(settings: Settings, tenant: TenantKeys, n_images: int = 1) -> str:
     with session_scope() as session:
         job = service.create_job(
             session=session,
@@ -74,7 +74,7 @@ def new_job(settings: Settings, tenant: TenantKeys) -> str:
                 width=256,
                 height=256,
                 seed=42,
-                n_images=1,
+                n_images=n_images,
             ),
         )
         return job.id
@@ -180,3 +180,39 @@ def test_a_stage_that_runs_out_of_time_fails_the_job(
     state, decisions = outcome(job_id)
     assert state == "failed", decisions
     assert "image_check" not in decisions or decisions["image_check"][0] != "approve"
+
+
+def test_a_soft_time_limit_in_a_matcher_ends_the_image_check_there(
+    settings: Settings, tenant: TenantKeys, index_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soft time limit arriving in a matcher of the first of two images ends the check at
+    once: no later matcher runs and the second image is not checked (the hard limit would
+    kill the worker first), and both images go to a person, each with its reason."""
+    ran: list[str] = []
+
+    def keypoints_out_of_time(*args: object, **kwargs: object) -> Any:
+        ran.append("keypoints")
+        raise SoftTimeLimitExceeded(INJECTED)
+
+    detect = nsfw.detect
+
+    def counted_detect(*args: Any, **kwargs: Any) -> Any:
+        ran.append("nsfw")
+        return detect(*args, **kwargs)
+
+    monkeypatch.setattr(KeypointIndex, "search", keypoints_out_of_time)
+    monkeypatch.setattr(nsfw, "detect", counted_detect)
+    job_id = new_job(settings, tenant, n_images=2)
+    run_all_stages(job_id)
+    state, decisions = outcome(job_id)
+    assert state == "in_review", decisions
+    assert ran == ["keypoints"]
+    decision, reasons = decisions["image_check"]
+    assert decision == "review"
+    first, second = [r["detail"] for r in reasons if r["rule"] == "images.check_fault"]
+    assert first.startswith("image 0: the keypoints check failed: SoftTimeLimitExceeded")
+    assert INJECTED in first
+    assert second == (
+        "image 1: the image check failed: not checked: the stage ran out of time while "
+        "checking image 0"
+    )
