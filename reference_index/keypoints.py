@@ -31,8 +31,9 @@ How a search works:
    explain; everywhere else the query must have the exemplar's region colours and edges and
    no others. A copy passes nearly perfectly; a look-alike sharing one shape leaves the rest
    unexplained. A copy partly covered by something else fails the coarser checks of step 5,
-   so when the blob set aside (filled to its convex hull) covers 10-60% of it, a near-perfect
-   match of the rest is enough on its own.
+   so when the blob set aside (filled to its convex hull) covers 10-60% of it and mostly shows
+   colours foreign to the exemplar (something in front of it, not a look-alike's missing
+   shape showing the background), a near-perfect match of the rest is enough on its own.
 
 Invariant: a match is only reported when its homography passed every check; a query without
 usable keypoints (blank, tiny, flat) gives no match rather than an error.
@@ -72,6 +73,9 @@ MIN_CONTRAST = 20.0  # RGB distance between two regions' typical colours
 # A query pixel is explained by its region (KeypointIndex._residual) within this RGB distance
 # of the region's typical query colour: above noise and JPEG error, below a different colour.
 COLOUR_TOLERANCE = 40.0
+# A region's typical query colour is taken near the homography's inliers, within this many
+# thumbnail pixels of one where it can: there the query is known to show the exemplar.
+ANCHOR_RADIUS = 8
 # The structure check (KeypointIndex._structure): edge orientation fields compared per cell
 # of a STRUCTURE_CELLS x STRUCTURE_CELLS grid over the thumbnail, after smoothing the structure
 # tensor by STRUCTURE_SIGMA thumbnail pixels; STRUCTURE_MARGIN pixels along the exemplar's
@@ -147,11 +151,13 @@ class KeypointThresholds:
     min_edges_found: float = 0.85
     min_edges_explained: float = 0.5
     # A partly covered copy: when that unexplained part is one blob covering between
-    # min_covered and max_covered of the exemplar, the rest alone may decide, but only if it
-    # matches almost perfectly (the *_covered thresholds); the coarser checks above, which
-    # the covered part drags down, are then not needed.
+    # min_covered and max_covered of the exemplar, and at least min_foreign_covered of what
+    # it hides has colours the exemplar does not have at all (see _residual), the rest alone
+    # may decide, but only if it matches almost perfectly (the other *_covered thresholds);
+    # the coarser checks above, which the covered part drags down, are then not needed.
     min_covered: float = 0.1
     max_covered: float = 0.6
+    min_foreign_covered: float = 0.3
     min_colours_covered: float = 0.97
     min_edges_found_covered: float = 0.97
     min_edges_explained_covered: float = 0.9
@@ -182,6 +188,7 @@ class _Residual:
     """See KeypointIndex._residual; all 0..1."""
 
     covered: float  # share of the exemplar set aside as covered
+    foreign: float  # of its pixels unlike their region: share unlike every region
     colours: float  # outside it: pixels with their region's colour
     edges_found: float  # the exemplar's edges found in the query
     edges_explained: float  # the query's edges that are the exemplar's
@@ -425,6 +432,18 @@ def _orientation(rgb: Array) -> Array:
     length = np.sqrt(np.sqrt(a * a + b * b)) + 1e-3
     oriented: Array = field_ / length[:, :, None]
     return oriented
+
+
+def _typical(colours: Array) -> Array:
+    """The colour most of a region's (n, 3) pixels share: the densest cell of a coarse colour
+    grid, refined to the median of the pixels near it. Unlike a plain median it stays the
+    region's own colour when a cover hides most of the region."""
+    cells = (colours // 32).astype(np.int64)
+    densest = int(np.bincount(cells[:, 0] * 64 + cells[:, 1] * 8 + cells[:, 2]).argmax())
+    centre = (np.array([densest // 64, densest // 8 % 8, densest % 8]) + 0.5) * 32
+    near = np.linalg.norm(colours - centre, axis=1) < COLOUR_TOLERANCE
+    typical: Array = np.median(colours[near], axis=0)
+    return typical
 
 
 def _near(points: Array, targets: Array, radius: float) -> tuple[Array, Array]:
@@ -787,7 +806,7 @@ class KeypointIndex:
             return None
         warped, inside = self._warp(row, homography, query)
         structure, shown = self._structure(row, warped, inside)
-        residual = self._residual(row, warped, inside)
+        residual = self._residual(row, warped, inside, source[inlier])
         whole = (
             self._agreement(row, warped, inside) >= t.min_agreement
             and structure >= t.min_structure
@@ -799,6 +818,7 @@ class KeypointIndex:
         )
         partly_covered = (
             t.min_covered <= residual.covered <= t.max_covered
+            and residual.foreign >= t.min_foreign_covered
             and residual.colours >= t.min_colours_covered
             and residual.edges_found >= t.min_edges_found_covered
             and residual.edges_explained >= t.min_edges_explained_covered
@@ -908,32 +928,52 @@ class KeypointIndex:
         seen = extent * cv2.erode(inside.astype(np.uint8), kernel, borderValue=0)
         return extent, seen
 
-    def _residual(self, row: int, warped: Array, inside: Array) -> _Residual:
+    def _residual(self, row: int, warped: Array, inside: Array, anchors: Array) -> _Residual:
         """Pixel by pixel, what the exemplar in `row` does not explain of the query where the
         homography puts it (`warped`, see _warp), and how well it explains the rest.
 
         A pixel is explained when its colour is within COLOUR_TOLERANCE of its region's
-        typical query colour (the median, so a recoloured copy is explained too). The largest
-        blob of unexplained pixels, filled to its convex hull, is set aside as what may be
-        covering the logo; outside it, the share of explained pixels, the share of the
-        exemplar's edges with a query edge within 2 pixels, and the share of the query's
-        edges with an exemplar edge within 2 pixels. A copy, whole or partly covered, is
-        explained almost everywhere outside the cover; a look-alike sharing a shape or a
-        letter leaves its other shapes, letters and colours unexplained."""
+        typical query colour (found in the query, so a recoloured copy is explained too: the
+        commonest colour of the region's pixels near the homography's inliers, `anchors` in
+        the exemplar's pixels, where the query certainly shows the logo; a cover hiding most
+        of a region cannot lend it its own colour) and the query has no edge there that the
+        exemplar lacks. The largest blob of unexplained pixels, filled to its convex hull, is
+        set aside as what may be covering the logo; outside it, the share of explained
+        pixels, the share of the exemplar's edges with a query edge within 2 pixels, and the
+        share of the query's edges with an exemplar edge within 2 pixels. A copy, whole or
+        partly covered, is explained almost everywhere outside the cover; a look-alike
+        sharing a shape or a letter leaves its other shapes, letters and colours
+        unexplained."""
         labels = self._labels[row]
         extent, seen_mask = self._extent(row, inside)
         seen = seen_mask > 0
         valid = seen & (labels != NO_LABEL)
         colours = warped.astype(np.float32)
+        w, h = self._sizes[row]
+        near_anchor = np.zeros(labels.shape, np.uint8)
+        for x, y in np.round(anchors * (LABEL_SIDE / max(w, h))).astype(int):
+            cv2.circle(near_anchor, (int(x), int(y)), ANCHOR_RADIUS, 1, -1)
         explained = np.zeros(labels.shape, bool)
+        typicals = []
         for region in np.unique(labels[valid]):
             members = valid & (labels == region)
             if members.sum() < 4:
                 continue
-            typical = np.median(colours[members], axis=0)
-            distance = np.linalg.norm(colours[members] - typical, axis=1)
+            anchored = members & (near_anchor > 0)
+            sample = colours[anchored] if anchored.sum() >= 4 else colours[members]
+            typicals.append(_typical(sample))
+            distance = np.linalg.norm(colours[members] - typicals[-1], axis=1)
             explained[members] = distance < COLOUR_TOLERANCE
-        unexplained = (valid & ~explained).astype(np.uint8)
+        exemplar_strength = _edges(self._thumbnails[row])
+        query_strength = _edges(warped)
+        strongest = float(exemplar_strength[extent > 0].max()) if (extent > 0).any() else 0.0
+        near = np.ones((5, 5), np.uint8)
+        exemplar_edges = exemplar_strength > 0.25 * strongest
+        query_edges = query_strength > 0.25 * strongest
+        near_exemplar = cv2.dilate(exemplar_edges.astype(np.uint8), near) > 0
+        # A cover shows what the exemplar does not: other colours, or edges where the
+        # exemplar has none (a photo's texture can share a region's colour here and there).
+        unexplained = (valid & (~explained | (query_edges & ~near_exemplar))).astype(np.uint8)
         # Opening drops stray pixels (noise, JPEG blocks); closing joins a cover's pieces.
         unexplained = cv2.morphologyEx(unexplained, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
         unexplained = cv2.morphologyEx(unexplained, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
@@ -948,20 +988,25 @@ class KeypointIndex:
             cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(outline))], 1)
             cover = cv2.dilate(hull, np.ones((7, 7), np.uint8)) > 0
         covered = float((cover & seen).sum() / max(seen.sum(), 1))
+        # What hides the logo is something else in front of it: colours of its own. A
+        # look-alike lacking one of the exemplar's shapes shows the exemplar's background
+        # colour there instead, another of its regions' colours.
+        hidden = cover & valid & ~explained
+        foreign = 0.0
+        if hidden.any() and typicals:
+            others = np.linalg.norm(colours[hidden][:, None] - np.array(typicals)[None], axis=2)
+            foreign = float((others.min(axis=1) >= COLOUR_TOLERANCE).mean())
         rest = valid & ~cover
-        exemplar_strength = _edges(self._thumbnails[row])
-        query_strength = _edges(warped)
-        strongest = float(exemplar_strength[extent > 0].max()) if (extent > 0).any() else 0.0
         if not rest.any() or strongest <= 0:
-            return _Residual(covered, 0.0, 0.0, 0.0)
+            return _Residual(covered, foreign, 0.0, 0.0, 0.0)
         kept = seen & ~cover
-        exemplar_edges = (exemplar_strength > 0.25 * strongest) & kept
-        query_edges = (query_strength > 0.25 * strongest) & kept
-        near = np.ones((5, 5), np.uint8)
+        exemplar_edges &= kept
+        query_edges &= kept
         near_query = cv2.dilate(query_edges.astype(np.uint8), near) > 0
         near_exemplar = cv2.dilate(exemplar_edges.astype(np.uint8), near) > 0
         return _Residual(
             covered=covered,
+            foreign=foreign,
             colours=float(explained[rest].mean()),
             edges_found=float(near_query[exemplar_edges].mean()) if exemplar_edges.any() else 0.0,
             edges_explained=(

@@ -173,6 +173,25 @@ def test_a_copy_with_a_third_covered_by_a_photo_is_found(
     assert top(index.search(covered)) == asset
 
 
+def test_a_cover_hiding_most_of_a_colour_region_does_not_take_its_place() -> None:
+    # One yellow region: a big disc and a small quadrilateral. A grey photo hides nine tenths
+    # of the disc, so most of the region's pixels in the query are the photo's; the region's
+    # colour must still be the yellow the query shows where it matches the logo.
+    image = Image.new("RGB", (360, 260), (30, 40, 170))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((40, 30, 200, 190), fill=(240, 200, 20))
+    draw.polygon([(230, 150), (330, 130), (320, 240), (250, 230)], fill=(240, 200, 20))
+    draw.polygon([(240, 20), (340, 40), (290, 110)], fill=(20, 220, 90))
+    draw.text((30, 190), "QX5", fill=(250, 250, 250), font=ImageFont.load_default(size=56))
+    original = np.asarray(image)
+    index = KeypointIndex.build([("exemplar-disc", "asset-disc", original)])
+    covered = original.copy()
+    moon = np.asarray(skimage.data.moon())[100:255, 100:280]
+    covered[25:180, 30:210] = np.stack([moon] * 3, axis=-1)  # 30% of the logo
+
+    assert top(index.search(covered)) == "asset-disc"
+
+
 def test_save_and_load_give_the_same_results(index: KeypointIndex, tmp_path: Path) -> None:
     queries = [LOGOS["asset-1"], photo("chelsea"), np.ascontiguousarray(LOGOS["asset-5"][20:, 30:])]
     path = tmp_path / "keypoints.npz"
