@@ -41,6 +41,7 @@ usable keypoints (blank, tiny, flat) gives no match rather than an error.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -53,6 +54,7 @@ import cv2
 import faiss
 import numpy as np
 import numpy.typing as npt
+from scipy.spatial import cKDTree
 
 DESCRIPTOR_BYTES = 32  # ORB: 256-bit binary descriptors
 FORMAT_VERSION = 2
@@ -201,6 +203,10 @@ class _Query:
     colour: Array  # (h, w, 3) uint8, the query in the working frame
     shape: tuple[int, int]  # the query's own height, width
     pyramid: dict[int, Array] = field(default_factory=dict)  # see shrunk
+    tree: cKDTree = field(init=False)  # the features' positions, see _near
+
+    def __post_init__(self) -> None:
+        self.tree = cKDTree(self.features.geometry[:, :2])
 
     def shrunk(self, factor: float) -> tuple[Array, float]:
         """The colour image shrunk by about `factor` (< 1, never more than asked, in steps of
@@ -446,48 +452,14 @@ def _typical(colours: Array) -> Array:
     return typical
 
 
-def _near(points: Array, targets: Array, radius: float) -> tuple[Array, Array]:
-    """Index pairs (i, j) with points[i] within `radius` of targets[j] in both coordinates,
-    from a grid of `radius`-sized buckets: only the 3 x 3 buckets around each target are
-    compared, not every point with every target."""
-    # Only points near the targets' bounding box can pair: a logo covering a few percent of a
-    # photo need not sort the whole photo's features.
-    none = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    if not len(targets):
-        return none
-    low, high = targets.min(axis=0) - radius, targets.max(axis=0) + radius
-    nearby = np.flatnonzero(((points >= low) & (points <= high)).all(axis=1))
-    if not len(nearby):
-        return none
-    points = points[nearby]
-    cell = max(float(radius), 1.0)
-    stride = 1 << 20
-
-    def keys(xy: Array, dx: int = 0, dy: int = 0) -> Array:
-        grid = np.floor(xy / cell).astype(np.int64)
-        key: Array = (grid[:, 0] + dx) * stride + (grid[:, 1] + dy)
-        return key
-
-    order = np.argsort(keys(points), kind="stable")
-    sorted_keys = keys(points)[order]
-    found_i: list[Array] = []
-    found_j: list[Array] = []
-    for dx in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            wanted = keys(targets, dx, dy)
-            start = np.searchsorted(sorted_keys, wanted, "left")
-            count = np.searchsorted(sorted_keys, wanted, "right") - start
-            total = int(count.sum())
-            if not total:
-                continue
-            within = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
-            found_i.append(order[np.repeat(start, count) + within])
-            found_j.append(np.repeat(np.arange(len(targets)), count))
-    if not found_i:
-        return none
-    i, j = np.concatenate(found_i), np.concatenate(found_j)
-    close = np.abs(points[i] - targets[j]).max(axis=1) <= radius
-    return nearby[i[close]], j[close]
+def _near(tree: cKDTree, targets: Array, radius: float) -> tuple[Array, Array]:
+    """Index pairs (i, j) with the tree's point i within `radius` of targets[j] in both
+    coordinates (a k-d tree of the query's features, built once per search: each candidate's
+    guided matching asks it about hundreds of projected points)."""
+    found = tree.query_ball_point(targets, radius, p=np.inf) if len(targets) else []
+    counts = np.fromiter((len(f) for f in found), np.int64, len(found))
+    i = np.fromiter(itertools.chain.from_iterable(found), np.int64, int(counts.sum()))
+    return i, np.repeat(np.arange(len(found)), counts)
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
@@ -874,7 +846,7 @@ class KeypointIndex:
         if not len(rows):
             return exemplar, np.zeros((0, 2), np.int64), 0
         n_expected = _places(points[rows])
-        q_index, e_index = _near(found.geometry[:, :2], at[rows], radius)
+        q_index, e_index = _near(query.tree, at[rows], radius)
         e_rows = rows[e_index]
         turn = found.geometry[q_index, 2] - exemplar.geometry[e_rows, 2] - rotation[e_rows]
         turn = np.mod(turn + 180, 360) - 180
