@@ -253,9 +253,20 @@ def task_spans(log: Path) -> list[tuple[datetime, datetime]]:
     return spans
 
 
+# A stage a task ran inline, after its own stage (pipeline/tasks.py):
+# "2026-11-26 08:31:42,741 INFO pipeline.tasks: job <id>: route runs inline after image_check"
+_INLINE_LINE = re.compile(r"^\S+ \S+ INFO pipeline\.tasks: job \w+: (\w+) runs inline after \w+")
+
+
 def stages_run(log: Path) -> set[str]:
-    """The stages a worker has run at least once: it has loaded what they need."""
-    return {stage for _, stage, _, event in _task_lines(log) if event != "received"}
+    """The stages a worker has run at least once, as the stage of a task of its own or inline
+    in the task of an earlier stage: it has loaded what they need."""
+    inline = {
+        found[1]
+        for line in log.read_text(errors="replace").splitlines()
+        if (found := _INLINE_LINE.match(line)) is not None
+    }
+    return inline | {stage for _, stage, _, event in _task_lines(log) if event != "received"}
 
 
 def settled(engine: sa.Engine, job_ids: Sequence[str]) -> dict[str, JobTiming]:

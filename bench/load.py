@@ -16,9 +16,11 @@ orchestration overhead of a job.
    submitted at once, jobs per minute from the first submission to the last job settled.
 3. Overhead: with one warm, idle worker, jobs one at a time; per job, end-to-end time (created
    to settled, as stored) minus the time inside its stages (each stage row's started_at to
-   finished_at): the commits, the broker and the worker picking each task up. Mean and p95,
-   target <= 20 ms, and where it goes: per transition, and the part outside any task (the
-   worker's log says when it received each task and saw it end).
+   finished_at): the API's commit and enqueue, the broker and the worker picking the task up,
+   and between stages what a task does to go on to the next (the worker consumes both
+   queues, so it runs the whole job in one task: pipeline/tasks.py). Mean and p95, target
+   <= 20 ms, and where it goes: per transition, and the part outside any task (the worker's
+   log says when it received each task and saw it end).
 
 The load generator runs on the same machine as the API, the database and the workers, and
 shares its CPUs with them; the figures are for this machine as a whole.
@@ -179,12 +181,13 @@ def _overhead(
     timings = [_run_jobs(client, engine, 1, f"overhead {i}", 300)[0][0] for i in range(jobs)]
     overhead_ms = [t.overhead_s * 1000 for t in timings]
     # The worker ran nothing else meanwhile: the tasks it logged in a job's time are the job's.
+    # A task ends a little after the job settled (its acknowledgement): count it to settled.
     spans = task_spans(stack.root / f"{worker}.log")
     between_ms = [
         (
             t.end_to_end_s
             - sum(
-                (end - start).total_seconds()
+                (min(end, t.settled_at) - start).total_seconds()
                 for start, end in spans
                 if t.created_at <= start <= t.settled_at
             )
@@ -208,7 +211,7 @@ def _overhead(
     ]
     print(f"  mean ms per transition: {', '.join(parts)}")
     print(
-        f"  outside any task (API commit and enqueue, broker, hand-over between tasks; from "
+        f"  outside any task (API commit and enqueue, broker, hand-over to the worker; from "
         f"the worker's log, to the ms): mean {statistics.mean(between_ms):.1f} ms, "
         f"p95 {percentile(between_ms, 95):.1f} ms; the rest is inside the stage tasks, before "
         "and after the stages' own stamps (claim and result transactions)"
@@ -337,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "CLEARANCE_DATABASE_URL": database_url,
             "CLEARANCE_BROKER_URL": args.redis,
             # No fresh pool child (which loads every model again) in the middle of a run:
-            # production recycles one every 200 tasks (40 jobs); bench/soak.py measures why.
+            # production recycles one every 200 tasks (up to 200 jobs on a worker consuming
+            # both queues, which runs a job in one task); bench/soak.py measures why.
             "CLEARANCE_WORKER__MAX_TASKS_PER_CHILD": str(10**6),
         }
         try:

@@ -12,7 +12,8 @@ Memory is the resident set (RSS) of the worker's whole process tree, summed, rea
 warm-up jobs (every model loaded) and then every tenth of the run; the growth from start to
 end is the figure, target under 10%. By default the pool child is never recycled
 (`CLEARANCE_WORKER__MAX_TASKS_PER_CHILD` set past the run), so a leak has nowhere to hide;
---recycle keeps the production setting (a fresh child every 200 tasks, 40 jobs).
+--recycle keeps the production setting (a fresh child every 200 tasks; a task may run a whole
+job, see README "How a job flows").
 """
 
 from __future__ import annotations

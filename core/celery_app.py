@@ -1,7 +1,8 @@
 """The one Celery app. Stage tasks register on it from `pipeline.tasks`.
 
 Queues: `gpu` for generation (one task at a time per GPU), `checks` for everything else.
-An embedded deployment runs one worker that consumes both.
+An embedded deployment runs one worker that consumes both. A stage task runs the job's next
+stage itself when the next stage's queue is one its worker consumes (`consumed_queues`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from core.db import dispose_engines
 from core.settings import Settings, get_settings
@@ -37,6 +38,10 @@ ENQUEUE_RETRY_POLICY = {
 EMBEDDED_BROKER_POLL_S = 0.1
 
 app = Celery("clearance")
+
+# The queues the worker of this process consumes, set when it starts (pool children inherit
+# it); empty outside a worker (the API, a test calling a task directly).
+_consumed: frozenset[str] = frozenset()
 
 
 def configure(settings: Settings | None = None) -> Celery:
@@ -111,6 +116,18 @@ def configure(settings: Settings | None = None) -> Celery:
         },
     }
     return app
+
+
+def consumed_queues() -> frozenset[str]:
+    """The queues this process's worker consumes; none outside a worker."""
+    return _consumed
+
+
+@worker_init.connect
+def _remember_queues(sender: Any, **_: Any) -> None:
+    # Sent once `--queues` has been applied, before the pool children are forked.
+    global _consumed
+    _consumed = frozenset(sender.app.amqp.queues.consume_from)
 
 
 @worker_process_init.connect

@@ -4,7 +4,11 @@ of a stage are written in one transaction, so a stage either happened entirely o
 
 Idempotency: a stage whose `JobStage` row is finished is never run again, and a stage whose
 job has moved on (failed, blocked) does nothing. So a redelivered task adds no second image,
-decision or audit event. Each function returns whether the chain should go on.
+decision or audit event. Each function returns whether the job goes on to the next stage.
+
+A task that runs the next stage itself (pipeline.tasks) passes a `Relay`: the stage then
+claims the next one in its own result transaction, and the next one starts from that claim
+instead of a claim transaction of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import select, update
@@ -86,6 +91,31 @@ RULES = {
 }
 
 
+# Route claims, decides and records in one transaction: claiming it in the transaction
+# before would save nothing.
+_CLAIMS_ITSELF = frozenset({ROUTE})
+NEXT_STAGE = dict(pairwise(STAGES))
+
+
+@dataclass
+class Relay:
+    """Stages run one after another by one task. `claims_next(stage)` is asked in a stage's
+    result transaction, once the stage is recorded and goes on: whether the task will run
+    `stage` next (it may depend on how long this one took). If so the stage claims it in that
+    transaction, and leaves the job, as claimed, in `claimed` for it."""
+
+    claims_next: Callable[[str], bool]
+    claimed: tuple[str, Job] | None = None
+
+    def holds(self, stage: str) -> bool:
+        return self.claimed is not None and self.claimed[0] == stage
+
+    def take(self, stage: str) -> Job | None:
+        """The job as claimed for `stage` by the stage before it, once; None if it was not."""
+        claimed, self.claimed = self.claimed, None
+        return claimed[1] if claimed is not None and claimed[0] == stage else None
+
+
 @dataclass(frozen=True)
 class StageContext:
     settings: Settings
@@ -123,15 +153,26 @@ def _claim(session: Session, job_id: str, stage: str, max_attempts: int) -> Job 
     """Start (or restart) `stage`; None when it must not run (done already, or the job
     has moved on). Counts attempts, so a stage that keeps killing its worker fails the job
     instead of looping."""
-    job = _lock_job(session, job_id)
+    return _claim_locked(session, _lock_job(session, job_id), stage, max_attempts)
+
+
+def _claim_locked(session: Session, job: Job, stage: str, max_attempts: int) -> Job | None:
+    """`_claim`, with the job locked already."""
+    job_id = job.id
     rule = RULES[stage]
-    run = session.get(JobStage, (job_id, stage))
+    # The stage's row and the one of the stage before it, in one round trip.
+    wanted = [stage] if rule.after is None else [stage, rule.after]
+    rows = session.scalars(
+        select(JobStage).where(JobStage.job_id == job_id, JobStage.stage.in_(wanted))
+    )
+    runs = {row.stage: row for row in rows}
+    run = runs.get(stage)
     if run is not None and run.finished_at is not None:
         return None
     if job.state not in rule.entry_states:
         return None
     if rule.after is not None:
-        before = session.get(JobStage, (job_id, rule.after))
+        before = runs.get(rule.after)
         if before is None or before.finished_at is None:
             return None
     if run is None:
@@ -146,7 +187,10 @@ def _claim(session: Session, job_id: str, stage: str, max_attempts: int) -> Job 
     return job
 
 
-def _begin(job_id: str, stage: str, ctx: StageContext) -> Job | None:
+def _begin(job_id: str, stage: str, ctx: StageContext, relay: Relay | None) -> Job | None:
+    claimed = relay.take(stage) if relay is not None else None
+    if claimed is not None:
+        return claimed
     with session_scope() as session:
         return _claim(session, job_id, stage, ctx.settings.worker.max_stage_attempts)
 
@@ -161,10 +205,25 @@ def _reclaim(session: Session, job_id: str, stage: str) -> Job | None:
     return job
 
 
-def _finish(session: Session, job_id: str, stage: str, outcome: str) -> None:
-    run = session.get(JobStage, (job_id, stage))
+def _finish(
+    session: Session, job: Job, stage: str, outcome: str, ctx: StageContext, relay: Relay | None
+) -> bool:
+    """Stamp the stage finished, last in its result transaction; whether the job goes on.
+    With a relay, also claim the next stage here when the relay's task runs it next."""
+    run = session.get(JobStage, (job.id, stage))
     assert run is not None  # _reclaim checked it under the job's lock
     run.finished_at, run.outcome = utcnow(), outcome
+    following = NEXT_STAGE.get(stage)
+    if (
+        relay is not None
+        and following is not None
+        and following not in _CLAIMS_ITSELF
+        and job.state not in SETTLED_STATES
+        and relay.claims_next(following)
+    ):
+        claimed = _claim_locked(session, job, following, ctx.settings.worker.max_stage_attempts)
+        relay.claimed = (following, claimed) if claimed is not None else None
+    return job.state not in SETTLED_STATES
 
 
 def _record_decision(
@@ -209,10 +268,10 @@ def _worst(decisions: list[str]) -> str:
     return max(decisions, key=_SEVERITY.__getitem__, default="approve")
 
 
-def prompt_check(job_id: str, ctx: StageContext) -> bool:
+def prompt_check(job_id: str, ctx: StageContext, relay: Relay | None = None) -> bool:
     """The request, before anything is generated: prompt policy, and for an editing job the
     image checks on the image to edit."""
-    job = _begin(job_id, PROMPT_CHECK, ctx)
+    job = _begin(job_id, PROMPT_CHECK, ctx, relay)
     if job is None:
         return goes_on(job_id)
     use: Use = "commercial" if job.use == "commercial" else "non-commercial"
@@ -262,8 +321,7 @@ def prompt_check(job_id: str, ctx: StageContext) -> bool:
             )
             set_state(session, locked, IN_REVIEW, stage=PROMPT_CHECK, reason="input image check")
             _open_review(session, locked, chosen, ctx)
-        _finish(session, job_id, PROMPT_CHECK, decision.decision)
-        return locked.state not in SETTLED_STATES
+        return _finish(session, locked, PROMPT_CHECK, decision.decision, ctx, relay)
 
 
 class _Progress:
@@ -312,8 +370,8 @@ def _recorder(job_id: str) -> Callable[[ProviderRequest], None]:
     return record
 
 
-def generate(job_id: str, ctx: StageContext) -> bool:
-    job = _begin(job_id, GENERATE, ctx)
+def generate(job_id: str, ctx: StageContext, relay: Relay | None = None) -> bool:
+    job = _begin(job_id, GENERATE, ctx, relay)
     if job is None:
         return goes_on(job_id)
     with read_scope() as session:
@@ -342,7 +400,7 @@ def generate(job_id: str, ctx: StageContext) -> bool:
             record_request=_recorder(job_id),
         )
     except ContentModeratedError as moderated:
-        return _moderated(job_id, moderated)
+        return _moderated(job_id, moderated, ctx)
     # Content-addressed: a second delivery writes the same names, not new files.
     stored = [(image, ctx.blobs.put(image.png)) for image in result.images]
     with session_scope() as session:
@@ -385,11 +443,10 @@ def generate(job_id: str, ctx: StageContext) -> bool:
                 "images": [{"index": i.index, "seed": i.seed, "sha256": s} for i, s in stored],
             },
         )
-        _finish(session, job_id, GENERATE, "generated")
-        return True
+        return _finish(session, locked, GENERATE, "generated", ctx, relay)
 
 
-def _moderated(job_id: str, moderated: ContentModeratedError) -> bool:
+def _moderated(job_id: str, moderated: ContentModeratedError, ctx: StageContext) -> bool:
     """The provider's moderation refused the request: the job is blocked, with its reason."""
     with session_scope() as session:
         locked = _reclaim(session, job_id, GENERATE)
@@ -404,12 +461,11 @@ def _moderated(job_id: str, moderated: ContentModeratedError) -> bool:
         }
         _record_decision(session, locked, GENERATE, "block", [reason])
         set_state(session, locked, BLOCKED, stage=GENERATE)
-        _finish(session, job_id, GENERATE, "moderated")
-        return False
+        return _finish(session, locked, GENERATE, "moderated", ctx, None)
 
 
-def image_check(job_id: str, ctx: StageContext) -> bool:
-    job = _begin(job_id, IMAGE_CHECK, ctx)
+def image_check(job_id: str, ctx: StageContext, relay: Relay | None = None) -> bool:
+    job = _begin(job_id, IMAGE_CHECK, ctx, relay)
     if job is None:
         return goes_on(job_id)
     with read_scope() as session:
@@ -447,8 +503,7 @@ def image_check(job_id: str, ctx: StageContext) -> bool:
             embedder=results[0][2]["embedder"] if results else None,
             index_checkpoint=results[0][2]["index_checkpoint"] if results else None,
         )
-        _finish(session, job_id, IMAGE_CHECK, decision)
-        return True
+        return _finish(session, locked, IMAGE_CHECK, decision, ctx, relay)
 
 
 def _open_review(session: Session, job: Job, chosen: routing.Route, ctx: StageContext) -> None:
@@ -467,7 +522,7 @@ def _open_review(session: Session, job: Job, chosen: routing.Route, ctx: StageCo
     )
 
 
-def route(job_id: str, ctx: StageContext) -> bool:
+def route(job_id: str, ctx: StageContext, relay: Relay | None = None) -> bool:
     with session_scope() as session:
         job = _claim(session, job_id, ROUTE, ctx.settings.worker.max_stage_attempts)
         if job is None:
@@ -496,15 +551,14 @@ def route(job_id: str, ctx: StageContext) -> bool:
         set_state(session, job, chosen.state, stage=ROUTE, band=chosen.band)
         if chosen.state == IN_REVIEW:
             _open_review(session, job, chosen, ctx)
-        _finish(session, job_id, ROUTE, chosen.band)
-        return job.state not in SETTLED_STATES
+        return _finish(session, job, ROUTE, chosen.band, ctx, relay)
 
 
-def release(job_id: str, ctx: StageContext) -> bool:
+def release(job_id: str, ctx: StageContext, relay: Relay | None = None) -> bool:
     """Sign each image (C2PA manifest and IPTC XMP, as PNG and as JPEG) and release the
     signed copies. Fail closed: if any image cannot be signed, the job fails and nothing is
     released."""
-    if _begin(job_id, RELEASE, ctx) is None:
+    if _begin(job_id, RELEASE, ctx, relay) is None:
         return False
     try:
         with read_scope() as session:
@@ -549,8 +603,7 @@ def release(job_id: str, ctx: StageContext) -> bool:
             },
         )
         set_state(session, job, RELEASED, stage=RELEASE)
-        _finish(session, job_id, RELEASE, "released")
-        return False
+        return _finish(session, job, RELEASE, "released", ctx, relay)
 
 
 STAGE_FUNCTIONS = {

@@ -292,7 +292,7 @@ def test_an_input_image_of_a_protected_asset_goes_to_review_before_generation(
         assert queued_messages(broker_file) == queued_before
         return
     assert get_job(client, tenant, created["id"])["state"] == "generating"
-    assert queued_messages(broker_file) == queued_before + 1  # the chain from generate
+    assert queued_messages(broker_file) == queued_before + 1  # generation's task
     rest = stages.STAGES[stages.STAGES.index(stages.GENERATE) :]
     for stage in rest:
         if not stages.STAGE_FUNCTIONS[stage](created["id"], stages.default_context()):

@@ -186,8 +186,7 @@ def test_a_cover_hiding_most_of_a_colour_region_does_not_take_its_place() -> Non
     original = np.asarray(image)
     index = KeypointIndex.build([("exemplar-disc", "asset-disc", original)])
     covered = original.copy()
-    moon = np.asarray(skimage.data.moon())[100:255, 100:280]
-    covered[25:180, 30:210] = np.stack([moon] * 3, axis=-1)  # 30% of the logo
+    covered[25:180, 30:210] = photo("moon", side=512)[100:255, 100:280]  # 30% of the logo
 
     assert top(index.search(covered)) == "asset-disc"
 
