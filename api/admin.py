@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import auth
@@ -34,7 +34,7 @@ from api.deps import Offset, PrincipalDep, ReadSessionDep, SettingsDep
 from api.errors import ERRORS
 from api.models import ROLES, ApiKey, Tenant
 from api.schemas import BudgetOut, Page
-from core.db import session_scope, utcnow
+from core.db import page, session_scope, utcnow
 from generation import costs
 from generation import service as generation
 from generation.errors import GenerationRequestError
@@ -162,8 +162,7 @@ def list_budgets(
     principal.require("admin")
     start = costs.parse_month(month) if month else costs.month_start(utcnow())
     query = select(Budget).where(Budget.tenant_id == principal.tenant_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Budget.project).offset(offset).limit(limit))
+    rows, total = page(session, query, Budget.project, offset=offset, limit=limit)
     items = [_budget_out(session, budget, start) for budget in rows]
     return Page[BudgetOut](items=items, total=total, offset=offset, limit=limit)
 
@@ -237,8 +236,7 @@ def list_loras(
     """The adapters the tenant's jobs may use: the operators' and its own, by name."""
     principal.require("admin")
     query = generation.visible_loras(principal.tenant_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.offset(offset).limit(limit))
+    rows, total = page(session, query, offset=offset, limit=limit)
     lora_dir = settings.generation.lora_dir
     return Page[LoraOut](
         items=[_lora_out(a, lora_dir) for a in rows], total=total, offset=offset, limit=limit

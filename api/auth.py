@@ -9,12 +9,12 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.models import ROLES, ApiKey, Tenant
 from audit import service as audit
-from core.db import utcnow
+from core.db import page, utcnow
 from core.errors import (
     AuthenticationError,
     ConflictError,
@@ -116,11 +116,7 @@ def list_keys(
 ) -> tuple[list[ApiKey], int]:
     """A tenant's keys, revoked ones included, oldest first."""
     query = select(ApiKey).where(ApiKey.tenant_id == tenant_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(ApiKey.created_at, ApiKey.id).offset(offset).limit(limit)
-    ).all()
-    return list(rows), total
+    return page(session, query, ApiKey.created_at, ApiKey.id, offset=offset, limit=limit)
 
 
 def revoke_key(*, session: Session, tenant_id: str, key_id: str, actor: str) -> ApiKey:

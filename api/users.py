@@ -22,13 +22,13 @@ from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from api.auth import Principal
 from api.models import ROLES, DashboardSession, DashboardUser, Tenant
 from audit import service as audit
-from core.db import utcnow
+from core.db import page, utcnow
 from core.errors import (
     AuthenticationError,
     ConflictError,
@@ -114,9 +114,7 @@ def list_users(
 ) -> tuple[list[DashboardUser], int]:
     """A page of the tenant's users, disabled ones included, by email; and how many in all."""
     query = select(DashboardUser).where(DashboardUser.tenant_id == tenant_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(DashboardUser.email).offset(offset).limit(limit))
-    return list(rows), total
+    return page(session, query, DashboardUser.email, offset=offset, limit=limit)
 
 
 def disable_user(*, session: Session, tenant_id: str, user_id: str, actor: str) -> DashboardUser:

@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, Select, create_engine, event, func, select
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -119,6 +119,18 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose(close=False)
         _engines.clear()
+
+
+Row = TypeVar("Row")
+
+
+def page(
+    session: Session, query: Select[tuple[Row]], *order_by: Any, offset: int, limit: int
+) -> tuple[list[Row], int]:
+    """One page of `query`'s rows in `order_by` order, and how many rows it has in all."""
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(*order_by).offset(offset).limit(limit)).all()
+    return list(rows), total
 
 
 @contextmanager

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from audit import service as audit
 from core.blobs import BlobStore
+from core.db import page
 from core.errors import ConflictError, PermissionDeniedError, choices
 from core.images import ImageError, decode_image, to_array
 from reference_index import pdq
@@ -217,9 +218,7 @@ def list_assets(
                 f"kind {kind!r} is not one of {choices(ASSET_KINDS)}", field="kind"
             )
         query = query.where(ProtectedAsset.kind == kind)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(ProtectedAsset.id).offset(offset).limit(limit)).all()
-    return list(rows), total
+    return page(session, query, ProtectedAsset.id, offset=offset, limit=limit)
 
 
 def delete_asset(
