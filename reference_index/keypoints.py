@@ -34,6 +34,11 @@ How a search works:
    so when the blob set aside (filled to its convex hull) covers 10-60% of it and mostly shows
    colours foreign to the exemplar (something in front of it, not a look-alike's missing
    shape showing the background), a near-perfect match of the rest is enough on its own.
+   Either way, the colours of the regions shown outside that blob must be one recolouring
+   of the exemplar's (_recolouring_error): a hue rotation, grey, a change of light. A copy is
+   recoloured as a whole; a look-alike sharing a shape or two has a palette of its own.
+   (Limitation: a copy repainted in a free colour scheme, or inverted, is not matched here;
+   register that variant as an exemplar of its own.)
 
 Invariant: a match is only reported when its homography passed every check; a query without
 usable keypoints (blank, tiny, flat) gives no match rather than an error.
@@ -78,6 +83,13 @@ COLOUR_TOLERANCE = 40.0
 # A region's typical query colour is taken near the homography's inliers, within this many
 # thumbnail pixels of one where it can: there the query is known to show the exemplar.
 ANCHOR_RADIUS = 8
+# The recolouring check (_recolouring_error): colours with less chroma (brightest minus darkest
+# channel) than this are grey, and their hue means nothing; brightness and contrast may change
+# by a factor of 1/MIN_GAIN either way; LUMA weighs R, G, B into grey (ITU-R BT.601).
+GREY_CHROMA = 25.0
+MIN_GAIN = 0.5
+LUMA = np.array([0.299, 0.587, 0.114])
+MIN_REGION_PIXELS = 16  # thumbnail pixels of a region the query must show for its colour
 # The structure check (KeypointIndex._structure): edge orientation fields compared per cell
 # of a STRUCTURE_CELLS x STRUCTURE_CELLS grid over the thumbnail, after smoothing the structure
 # tensor by STRUCTURE_SIGMA thumbnail pixels; STRUCTURE_MARGIN pixels along the exemplar's
@@ -140,8 +152,9 @@ class KeypointThresholds:
     min_agreement: float = 0.6
     # ... and the query must show the exemplar's edges (see KeypointIndex._structure): this
     # share of the cells with edges in either must agree, the query must show this share of
-    # the exemplar's edges, and coverage x structure (two independent kinds of evidence: the
-    # features and the edges between them) must reach min_evidence.
+    # the exemplar's edges (whole or partly covered), and coverage x structure (two
+    # independent kinds of evidence: the features and the edges between them) must reach
+    # min_evidence.
     min_structure: float = 0.25
     min_shown: float = 0.5
     min_evidence: float = 0.1
@@ -163,6 +176,9 @@ class KeypointThresholds:
     min_colours_covered: float = 0.97
     min_edges_found_covered: float = 0.97
     min_edges_explained_covered: float = 0.9
+    # Either way, the colours of the exemplar's regions the query shows must be one recolouring
+    # of the exemplar's (see _recolouring_error) within this many RGB units.
+    max_recolouring: float = 40.0
     # The projected outline: smallest side (query pixels), smallest corner angle (degrees),
     # largest ratio between opposite sides.
     min_side_px: float = 12.0
@@ -191,6 +207,7 @@ class _Residual:
 
     covered: float  # share of the exemplar set aside as covered
     foreign: float  # of its pixels unlike their region: share unlike every region
+    recolouring: float  # RGB error of the one recolouring that best explains the regions' colours
     colours: float  # outside it: pixels with their region's colour
     edges_found: float  # the exemplar's edges found in the query
     edges_explained: float  # the query's edges that are the exemplar's
@@ -450,6 +467,59 @@ def _typical(colours: Array) -> Array:
     near = np.linalg.norm(colours - centre, axis=1) < COLOUR_TOLERANCE
     typical: Array = np.median(colours[near], axis=0)
     return typical
+
+
+def _extremes(colours: Array) -> tuple[Array, Array, Array]:
+    """(brightest channel, darkest channel, hue in radians) of (n, 3) colours: a hue rotation
+    keeps the first two and turns the third, as brightness and contrast scale and shift the
+    first two together."""
+    high, low = colours.max(axis=1), colours.min(axis=1)
+    red, green, blue = colours[:, 0], colours[:, 1], colours[:, 2]
+    return high, low, np.arctan2(np.sqrt(3) * (green - blue), 2 * red - green - blue)
+
+
+def _recolouring_error(exemplar: Array, query: Array, weights: Array) -> float:
+    """How far (RGB units, the worst region) the query's region colours are from what one
+    global recolouring makes of the exemplar's: a hue rotation by one angle with one
+    brightness and contrast change (gain MIN_GAIN..1/MIN_GAIN), or a conversion to grey.
+    (n, 3) colours, one row per region, weighted by their pixels.
+
+    A copy is recoloured as a whole, whatever was done to it (a new colour scheme, grey, the
+    light of a photo); a look-alike that shares a shape has its own colours, which no one
+    recolouring of the exemplar's gives: two random colour pairs rarely keep both their
+    brightness ratio and their hue difference."""
+    if len(weights) < 2:  # nothing to compare one colour with: no evidence
+        return float("inf")
+    e_high, e_low, e_hue = _extremes(exemplar)
+    q_high, q_low, q_hue = _extremes(query)
+    errors = []
+    # Grey query: the exemplar's luma, up to brightness and contrast.
+    if (q_high - q_low).max() < GREY_CHROMA:
+        errors.append(_gain_error([exemplar @ LUMA], [query.mean(axis=1)], weights))
+    # Colour: the brightest and darkest channels scale together, the hue turns by one angle.
+    chroma = np.minimum(e_high - e_low, q_high - q_low)
+    turn = q_hue - e_hue
+    weight = weights * np.clip(chroma - GREY_CHROMA, 0, None)
+    angle = np.arctan2((weight * np.sin(turn)).sum(), (weight * np.cos(turn)).sum())
+    off = np.abs(np.angle(np.exp(1j * (turn - angle))))
+    hue_error = np.where(chroma > 2 * GREY_CHROMA, 2 * chroma * np.sin(off / 2), 0.0)
+    errors.append(
+        max(_gain_error([e_high, e_low], [q_high, q_low], weights), float(hue_error.max()))
+    )
+    return min(errors)
+
+
+def _gain_error(exemplar: list[Array], query: list[Array], weights: Array) -> float:
+    """The worst absolute error of the weighted least-squares fit query = gain * exemplar +
+    offset over all the paired (n,) arrays, infinite when the gain is out of range (a
+    flattened or inverted copy is not a lighting change)."""
+    x, y = np.concatenate(exemplar), np.concatenate(query)
+    w = np.sqrt(np.tile(weights, len(exemplar)))
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    (gain, offset), *_ = np.linalg.lstsq(design * w[:, None], y * w, rcond=None)
+    if not MIN_GAIN <= gain <= 1 / MIN_GAIN:
+        return float("inf")
+    return float(np.abs(gain * x + offset - y).max())
 
 
 def _near(tree: cKDTree, targets: Array, radius: float) -> tuple[Array, Array]:
@@ -779,10 +849,11 @@ class KeypointIndex:
         warped, inside = self._warp(row, homography, query)
         structure, shown = self._structure(row, warped, inside)
         residual = self._residual(row, warped, inside, source[inlier])
+        if residual.recolouring > t.max_recolouring or shown < t.min_shown:
+            return None
         whole = (
             self._agreement(row, warped, inside) >= t.min_agreement
             and structure >= t.min_structure
-            and shown >= t.min_shown
             and coverage * structure >= t.min_evidence
             and residual.colours >= t.min_colours
             and residual.edges_found >= t.min_edges_found
@@ -926,13 +997,14 @@ class KeypointIndex:
         for x, y in np.round(anchors * (LABEL_SIDE / max(w, h))).astype(int):
             cv2.circle(near_anchor, (int(x), int(y)), ANCHOR_RADIUS, 1, -1)
         explained = np.zeros(labels.shape, bool)
-        typicals = []
+        regions, typicals = [], []
         for region in np.unique(labels[valid]):
             members = valid & (labels == region)
             if members.sum() < 4:
                 continue
             anchored = members & (near_anchor > 0)
             sample = colours[anchored] if anchored.sum() >= 4 else colours[members]
+            regions.append(region)
             typicals.append(_typical(sample))
             distance = np.linalg.norm(colours[members] - typicals[-1], axis=1)
             explained[members] = distance < COLOUR_TOLERANCE
@@ -970,7 +1042,23 @@ class KeypointIndex:
             foreign = float((others.min(axis=1) >= COLOUR_TOLERANCE).mean())
         rest = valid & ~cover
         if not rest.any() or strongest <= 0:
-            return _Residual(covered, foreign, 0.0, 0.0, 0.0)
+            return _Residual(covered, foreign, float("inf"), 0.0, 0.0, 0.0)
+        # The regions' colours where the query shows them (not under the cover, which lends a
+        # region its own colour) must be one recolouring of the exemplar's.
+        thumbnail = self._thumbnails[row]
+        exemplar_colours, query_colours, weights = [], [], []
+        for region in regions:
+            members = labels == region
+            shown_members = rest & members
+            if shown_members.sum() >= max(MIN_REGION_PIXELS, 0.1 * (valid & members).sum()):
+                exemplar_colours.append(np.median(thumbnail[members], axis=0))
+                query_colours.append(_typical(colours[shown_members]))
+                weights.append(float(shown_members.sum()))
+        recolouring = _recolouring_error(
+            np.array(exemplar_colours, np.float64).reshape(-1, 3),
+            np.array(query_colours, np.float64).reshape(-1, 3),
+            np.array(weights),
+        )
         kept = seen & ~cover
         exemplar_edges &= kept
         query_edges &= kept
@@ -979,6 +1067,7 @@ class KeypointIndex:
         return _Residual(
             covered=covered,
             foreign=foreign,
+            recolouring=recolouring,
             colours=float(explained[rest].mean()),
             edges_found=float(near_query[exemplar_edges].mean()) if exemplar_edges.any() else 0.0,
             edges_explained=(

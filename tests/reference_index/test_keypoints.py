@@ -16,6 +16,7 @@ from reference_index.keypoints import KeypointIndex, KeypointMatch
 
 Rgb = npt.NDArray[np.uint8]
 Box = tuple[int, int, int, int]
+Colour = tuple[int, int, int]
 
 
 def logo(seed: int, letters: str = "") -> Rgb:
@@ -150,6 +151,41 @@ def test_a_look_alike_sharing_the_letters_is_not_the_logo() -> None:
     scene = photo("coffee").copy()
     scene[300:540, 400:720] = look_alike
     assert index.search(scene) == []
+
+
+def ellipse_and_star(background: Colour, fill: Colour) -> Rgb:
+    image = Image.new("RGB", (360, 260), background)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((40, 40, 250, 200), fill=fill)
+    draw.regular_polygon((300, 70, 45), 5, rotation=10, fill=fill)
+    draw.text((250, 170), "J", fill=fill, font=ImageFont.load_default(size=60))
+    return np.asarray(image)
+
+
+def test_copies_recoloured_as_a_whole_are_found_other_colour_schemes_are_not() -> None:
+    original = ellipse_and_star((120, 30, 40), (235, 225, 170))
+    index = KeypointIndex.build(
+        [*((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()), ("e", "asset-x", original)]
+    )
+    hsv = np.asarray(Image.fromarray(original).convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(int) + 100) % 256
+    copies = {
+        "hue rotated": np.asarray(Image.fromarray(hsv, "HSV").convert("RGB")),
+        "grey": np.asarray(Image.fromarray(original).convert("L").convert("RGB")),
+        "darker": (original * 0.6 + 20).astype(np.uint8),
+        "warm light": np.clip(original * np.array([1.1, 1.0, 0.8]), 0, 255).astype(np.uint8),
+    }
+    for name, copy in copies.items():
+        assert top(index.search(copy)) == "asset-x", name
+    # The same shapes in colours no one recolouring of the original gives: the dark
+    # background lighter and bluer, the light shapes green or yellow. Each region alone
+    # has a consistent colour, so only the check across regions tells them apart.
+    for background, fill in [((40, 60, 200), (170, 250, 200)), ((30, 150, 60), (250, 240, 120))]:
+        other = ellipse_and_star(background, fill)
+        assert index.search(other) == [], (background, fill)
+        scene = photo("coffee").copy()
+        scene[300:560, 400:760] = other
+        assert index.search(scene) == [], (background, fill)
 
 
 # Each of these covers defeats the cell-by-cell checks alone (see KeypointIndex._residual):
