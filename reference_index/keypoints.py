@@ -362,7 +362,10 @@ def _homography(
     """(homography, inlier mask, projected outline) from guided pairs, or None when no
     plausible one is found. Plain RANSAC first; its best model can be degenerate when many
     pairs lie on one line (a word of text), projecting the outline somewhere absurd, so then
-    MAGSAC++, which rejects such samples, gets a second try."""
+    MAGSAC++, which rejects such samples, gets a second try. When the pairs sit in one part of
+    the exemplar (a logo whose only features are one small shape), every homography that fits
+    them can still throw the far corners anywhere; an affine fit, which cannot, gets the last
+    try, and the next, tighter guided pass and the checks decide whether it is the logo."""
     for method in (cv2.RANSAC, cv2.USAC_MAGSAC):
         found, mask = cv2.findHomography(
             source, target, method, t.ransac_px, maxIters=1000, confidence=0.995
@@ -372,6 +375,15 @@ def _homography(
         quad = cv2.perspectiveTransform(corners, found)[0]
         if _outline_ok(quad, t):
             return found, mask.ravel().astype(bool), quad
+    affine, mask = cv2.estimateAffine2D(
+        source, target, method=cv2.RANSAC, ransacReprojThreshold=t.ransac_px
+    )
+    if affine is None:
+        return None
+    found = np.vstack([affine, [0, 0, 1]])
+    quad = cv2.perspectiveTransform(corners, found)[0]
+    if _outline_ok(quad, t):
+        return found, mask.ravel().astype(bool), quad
     return None
 
 

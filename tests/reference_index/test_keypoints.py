@@ -111,6 +111,34 @@ def test_logo_seen_at_an_angle_is_found(index: KeypointIndex) -> None:
     assert iou(matches[0].box, (90, 70, w + 50, h + 70)) > 0.6
 
 
+@pytest.mark.parametrize("squeeze", [0.2, 0.3])
+@pytest.mark.parametrize("receding", [0, 1, 2, 3])
+def test_a_tilted_logo_whose_features_sit_in_one_corner_is_found(
+    squeeze: float, receding: int
+) -> None:
+    # Two arcs in one corner of a plain sign: every homography fitted to their features
+    # fits them well and may throw the sign's far corners anywhere.
+    image = Image.new("RGB", (300, 320), (150, 150, 80))
+    draw = ImageDraw.Draw(image)
+    draw.arc((10, 110, 110, 210), 200, 340, fill=(180, 250, 220), width=14)
+    draw.arc((60, 60, 150, 150), 20, 160, fill=(180, 250, 220), width=14)
+    sign = np.asarray(image)
+    index = KeypointIndex.build(
+        [*((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()), ("e", "asset-arcs", sign)]
+    )
+    h, w = sign.shape[:2]
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    seen = corners + 45
+    a, b = receding, (receding + 1) % 4  # that edge shrinks toward its middle
+    middle = (seen[a] + seen[b]) / 2
+    seen[a] += (middle - seen[a]) * squeeze * 2
+    seen[b] += (middle - seen[b]) * squeeze * 2
+    tilt = cv2.getPerspectiveTransform(corners, seen)
+    tilted = cv2.warpPerspective(sign, tilt, (w + 90, h + 90), borderValue=(130, 80, 200))
+
+    assert top(index.search(tilted)) == "asset-arcs"
+
+
 def test_a_recoloured_copy_whose_luma_edges_vanish_is_found() -> None:
     """Blue shapes on grey, hues rotated by a third: the shapes turn red, as bright (luma) as
     the grey, so only the lightness channel still shows them."""
