@@ -46,7 +46,6 @@ usable keypoints (blank, tiny, flat) gives no match rather than an error.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import tempfile
@@ -98,6 +97,11 @@ STRUCTURE_CELLS = 8
 STRUCTURE_SIGMA = 1.5
 STRUCTURE_MARGIN = 4
 ANGLE_BINS = 12  # 30 degrees each
+# Guided matching pairs an exemplar feature with query features turned at most GUIDED_TURN
+# degrees from what the homography predicts; it finds them by orientation bin (see _near).
+GUIDED_TURN = 30.0
+GUIDED_ANGLE_BINS = 12
+NEAR_FEATURES = 32  # per orientation bin, see _near
 LOG2_SCALE_BIN = 1.0  # factor 2 per scale bin
 POSES = 64 * 65536  # scale bins x position cells, see KeypointIndex._candidates
 
@@ -220,10 +224,17 @@ class _Query:
     colour: Array  # (h, w, 3) uint8, the query in the working frame
     shape: tuple[int, int]  # the query's own height, width
     pyramid: dict[int, Array] = field(default_factory=dict)  # see shrunk
-    tree: cKDTree = field(init=False)  # the features' positions, see _near
+    # The features' positions in k-d trees, one per GUIDED_ANGLE_BINS orientation bin, with
+    # the features' indices (see _near).
+    trees: list[tuple[cKDTree, Array]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tree = cKDTree(self.features.geometry[:, :2])
+        width = 360.0 / GUIDED_ANGLE_BINS
+        angle_bin = np.floor(np.mod(self.features.geometry[:, 2], 360.0) / width)
+        self.trees = []
+        for b in range(GUIDED_ANGLE_BINS):
+            members = np.flatnonzero(angle_bin == b)
+            self.trees.append((cKDTree(self.features.geometry[members, :2]), members))
 
     def shrunk(self, factor: float) -> tuple[Array, float]:
         """The colour image shrunk by about `factor` (< 1, never more than asked, in steps of
@@ -534,14 +545,31 @@ def _gain_error(exemplar: list[Array], query: list[Array], weights: Array) -> fl
     return float(np.abs(gain * x + offset - y).max())
 
 
-def _near(tree: cKDTree, targets: Array, radius: float) -> tuple[Array, Array]:
-    """Index pairs (i, j) with the tree's point i within `radius` of targets[j] in both
-    coordinates (a k-d tree of the query's features, built once per search: each candidate's
-    guided matching asks it about hundreds of projected points)."""
-    found = tree.query_ball_point(targets, radius, p=np.inf) if len(targets) else []
-    counts = np.fromiter((len(f) for f in found), np.int64, len(found))
-    i = np.fromiter(itertools.chain.from_iterable(found), np.int64, int(counts.sum()))
-    return i, np.repeat(np.arange(len(found)), counts)
+def _near(query: _Query, targets: Array, angles: Array, radius: float) -> tuple[Array, Array]:
+    """Index pairs (i, j), in the order of j then i: the query's features i among the
+    NEAR_FEATURES nearest to targets[j] (and within `radius` of it in both coordinates) in
+    each orientation bin that angles[j] +- GUIDED_TURN reaches; the caller filters on the
+    turn exactly. Each candidate's guided matching asks about hundreds of projected points:
+    k-nearest queries return arrays where a ball query returns a Python list per point (a
+    fifth of a search), and by orientation a dense photo texture next to the logo cannot
+    crowd its features out of the nearest few."""
+    width = 360.0 / GUIDED_ANGLE_BINS
+    first = np.floor(np.mod(angles - GUIDED_TURN, 360.0) / width).astype(np.int64)
+    reach = int(np.ceil(2 * GUIDED_TURN / width)) + 1
+    found_i, found_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for b, (tree, members) in enumerate(query.trees):
+        asking = np.flatnonzero(np.mod(b - first, GUIDED_ANGLE_BINS) < reach)
+        if not len(asking) or not len(members):
+            continue
+        k = min(NEAR_FEATURES, len(members))
+        _, found = tree.query(targets[asking], k=k, p=np.inf, distance_upper_bound=radius)
+        found = found.reshape(len(asking), k)
+        valid = found < len(members)
+        found_i.append(members[found[valid]])
+        found_j.append(asking[np.nonzero(valid)[0]])
+    i, j = np.concatenate(found_i), np.concatenate(found_j)
+    order = np.lexsort((i, j))
+    return i[order], j[order]
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
@@ -929,12 +957,13 @@ class KeypointIndex:
         if not len(rows):
             return exemplar, np.zeros((0, 2), np.int64), 0
         n_expected = _places(points[rows])
-        q_index, e_index = _near(query.tree, at[rows], radius)
+        turned = exemplar.geometry[rows, 2] + rotation[rows]
+        q_index, e_index = _near(query, at[rows], turned, radius)
         e_rows = rows[e_index]
-        turn = found.geometry[q_index, 2] - exemplar.geometry[e_rows, 2] - rotation[e_rows]
+        turn = found.geometry[q_index, 2] - turned[e_index]
         turn = np.mod(turn + 180, 360) - 180
         ratio = np.log2(found.geometry[q_index, 3] / size[e_rows])
-        ok = (np.abs(turn) <= 30) & (np.abs(ratio) <= 0.8)
+        ok = (np.abs(turn) <= GUIDED_TURN) & (np.abs(ratio) <= 0.8)
         q_index, e_rows = q_index[ok], e_rows[ok]
         hamming = _hamming(found.descriptors[q_index], exemplar.descriptors[e_rows])
         ok = hamming <= t.max_hamming
