@@ -101,7 +101,7 @@ ANGLE_BINS = 12  # 30 degrees each
 # degrees from what the homography predicts; it finds them by orientation bin (see _near).
 GUIDED_TURN = 30.0
 GUIDED_ANGLE_BINS = 12
-NEAR_FEATURES = 32  # per orientation bin, see _near
+NEAR_FEATURES = 64  # per orientation bin, see _near
 LOG2_SCALE_BIN = 1.0  # factor 2 per scale bin
 POSES = 64 * 65536  # scale bins x position cells, see KeypointIndex._candidates
 
