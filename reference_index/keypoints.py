@@ -207,7 +207,7 @@ class _Features:
 
 @dataclass(frozen=True)
 class _Residual:
-    """See KeypointIndex._residual; all 0..1."""
+    """See KeypointIndex._residual; all 0..1 but recolouring."""
 
     covered: float  # share of the exemplar set aside as covered
     foreign: float  # of its pixels unlike their region: share unlike every region
@@ -507,7 +507,7 @@ def _recolouring_error(exemplar: Array, query: Array, weights: Array) -> float:
     brightness and contrast change (gain MIN_GAIN..1/MIN_GAIN), or a conversion to grey.
     (n, 3) colours, one row per region, weighted by their pixels.
 
-    A copy is recoloured as a whole, whatever was done to it (a new colour scheme, grey, the
+    A copy is recoloured as a whole, whatever was done to it (its hues turned, grey, the
     light of a photo); a look-alike that shares a shape has its own colours, which no one
     recolouring of the exemplar's gives: two random colour pairs rarely keep both their
     brightness ratio and their hue difference."""
@@ -1027,7 +1027,9 @@ class KeypointIndex:
         share of the query's edges with an exemplar edge within 2 pixels. A copy, whole or
         partly covered, is explained almost everywhere outside the cover; a look-alike
         sharing a shape or a letter leaves its other shapes, letters and colours
-        unexplained."""
+        unexplained. Last, `recolouring`: how far the typical colours of the regions shown
+        outside the blob are from one recolouring of the exemplar's (_recolouring_error;
+        infinite when fewer than two regions are shown there)."""
         labels = self._labels[row]
         extent, seen_mask = self._extent(row, inside)
         seen = seen_mask > 0
