@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Engine, MetaData, Select, create_engine, event, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -131,6 +132,27 @@ def page(
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(*order_by).offset(offset).limit(limit)).all()
     return list(rows), total
+
+
+def locked_or_added(session: Session, query: Select[tuple[Row]], new: Callable[[], Row]) -> Row:
+    """The row `query` selects (by a unique key), locked until the transaction ends, or
+    `new()` inserted when there is none. Of two transactions creating the same row at once,
+    the second's insert waits on the unique key until the first commits and then fails;
+    here it then finds and locks the first's row instead of failing its request."""
+    row = session.scalar(query.with_for_update())
+    if row is not None:
+        return row
+    added = new()
+    try:
+        with session.begin_nested():
+            session.add(added)
+            session.flush()
+    except IntegrityError:
+        row = session.scalar(query.with_for_update())
+        if row is None:
+            raise
+        return row
+    return added
 
 
 @contextmanager

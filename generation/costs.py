@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from audit import service as audit
+from core.db import locked_or_added
 from core.settings import Settings
 from generation.errors import BudgetExceededError, GenerationRequestError
 from generation.models import Budget, CostEntry
@@ -157,14 +158,12 @@ def set_budget(
 ) -> Budget:
     if monthly_usd < 0:
         raise GenerationRequestError("a budget cannot be negative", field="monthly_usd")
-    budget = session.scalar(
-        select(Budget).where(Budget.tenant_id == tenant_id, Budget.project == project)
+    budget = locked_or_added(
+        session,
+        select(Budget).where(Budget.tenant_id == tenant_id, Budget.project == project),
+        lambda: Budget(tenant_id=tenant_id, project=project, monthly_usd=usd(monthly_usd)),
     )
-    if budget is None:
-        budget = Budget(tenant_id=tenant_id, project=project, monthly_usd=usd(monthly_usd))
-        session.add(budget)
-    else:
-        budget.monthly_usd = usd(monthly_usd)
+    budget.monthly_usd = usd(monthly_usd)
     audit.append(
         session=session,
         actor=actor,

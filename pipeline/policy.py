@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from audit import service as audit
-from core.db import utcnow
+from core.db import locked_or_added, utcnow
 from core.settings import PolicySettings, Settings
 from generation.variants import VARIANTS, get_variant
 from reference_index.models import ProtectedAsset
@@ -230,18 +230,21 @@ def set_tenant_override(
             f"the override is {len(source)} characters; at most {MAX_OVERRIDE_CHARS}",
             field="yaml",
         )
-    row = session.scalar(
-        select(TenantPolicyOverride)
-        .where(TenantPolicyOverride.tenant_id == tenant_id)
-        .with_for_update()
-    )
     overrides = _override_sources(session) | {tenant_id: source}
     loaded = _load_rules(settings.policy, overrides)
     if tenant_id in loaded.broken:
         raise loaded.broken[tenant_id]
-    if row is None:
-        row = TenantPolicyOverride(tenant_id=tenant_id, revision=0)
-        session.add(row)
+    row = locked_or_added(
+        session,
+        select(TenantPolicyOverride).where(TenantPolicyOverride.tenant_id == tenant_id),
+        lambda: TenantPolicyOverride(
+            tenant_id=tenant_id,
+            source=source,
+            revision=0,
+            rules_version=loaded.rules.version,
+            updated_by=actor,
+        ),
+    )
     row.source = source
     row.revision += 1
     row.rules_version = loaded.rules.version

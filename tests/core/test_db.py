@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select, text
@@ -16,6 +17,9 @@ from audit import service as audit
 from audit.models import AuditEvent
 from core.db import read_scope, session_scope
 from core.settings import Settings
+from generation.costs import set_budget
+from generation.models import Budget
+from tests.conftest import TenantKeys
 
 # Runs a test that takes the `settings` fixture on the SQLite database only.
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -176,3 +180,52 @@ def test_a_writer_commits_while_a_read_scope_is_open(settings: Settings) -> None
 
     assert (before, during) == (0, 0)
     assert count_events() == 1
+
+
+def test_two_transactions_creating_one_row_at_once_both_succeed(
+    settings: Settings, tenant: TenantKeys
+) -> None:
+    """A first budget set twice at once (two admins, a retried request): the second
+    transaction's insert waits on the unique key while the first is open, fails when it
+    commits, and then updates the first's row (`core.db.locked_or_added`) instead of
+    failing the request. On SQLite the second waits at BEGIN IMMEDIATE instead."""
+
+    def second() -> None:
+        with session_scope() as session:
+            set_budget(
+                session=session,
+                tenant_id=tenant.id,
+                project="launch",
+                monthly_usd=Decimal("20"),
+                actor="second",
+            )
+
+    with ThreadPoolExecutor(1) as pool:
+        with session_scope() as first:
+            set_budget(
+                session=first,
+                tenant_id=tenant.id,
+                project="launch",
+                monthly_usd=Decimal("10"),
+                actor="first",
+            )
+            first.flush()
+            waiting = pool.submit(second)
+            if settings.db_url.startswith("postgresql"):
+                # Commit only once the second is blocked on the first's uncommitted row.
+                for _ in range(1000):
+                    with read_scope() as reader:
+                        blocked = reader.scalar(
+                            text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                        )
+                    if blocked or waiting.done():
+                        break
+                    threading.Event().wait(0.01)
+                assert blocked, "the second transaction never waited on the first"
+        waiting.result(timeout=60)
+
+    with read_scope() as session:
+        budgets = session.scalars(
+            select(Budget).where(Budget.tenant_id == tenant.id, Budget.project == "launch")
+        ).all()
+    assert [b.monthly_usd for b in budgets] == [Decimal("20")]
