@@ -4,6 +4,7 @@ transactions that let concurrent writers and readers get on with their work on S
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -11,6 +12,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.orm import Session
 
 from api.models import ApiKey, Tenant
 from audit import service as audit
@@ -190,25 +192,22 @@ def test_two_transactions_creating_one_row_at_once_both_succeed(
     commits, and then updates the first's row (`core.db.locked_or_added`) instead of
     failing the request. On SQLite the second waits at BEGIN IMMEDIATE instead."""
 
+    def set_launch_budget(session: Session, usd: str, actor: str) -> None:
+        set_budget(
+            session=session,
+            tenant_id=tenant.id,
+            project="launch",
+            monthly_usd=Decimal(usd),
+            actor=actor,
+        )
+
     def second() -> None:
         with session_scope() as session:
-            set_budget(
-                session=session,
-                tenant_id=tenant.id,
-                project="launch",
-                monthly_usd=Decimal("20"),
-                actor="second",
-            )
+            set_launch_budget(session, "20", "second")
 
     with ThreadPoolExecutor(1) as pool:
         with session_scope() as first:
-            set_budget(
-                session=first,
-                tenant_id=tenant.id,
-                project="launch",
-                monthly_usd=Decimal("10"),
-                actor="first",
-            )
+            set_launch_budget(first, "10", "first")
             first.flush()
             waiting = pool.submit(second)
             if settings.db_url.startswith("postgresql"):
@@ -220,7 +219,7 @@ def test_two_transactions_creating_one_row_at_once_both_succeed(
                         )
                     if blocked or waiting.done():
                         break
-                    threading.Event().wait(0.01)
+                    time.sleep(0.01)
                 assert blocked, "the second transaction never waited on the first"
         waiting.result(timeout=60)
 
