@@ -52,6 +52,9 @@
 
   // --- keyboard ------------------------------------------------------------------------------
   function typing(target) {
+    // A field in a dialog that has just closed keeps the focus until the browser's next
+    // frame; a key pressed right after Escape is not typed into it.
+    if (target.closest("dialog:not([open])")) return false;
     return target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName);
   }
   function rows() {
