@@ -3,6 +3,9 @@ matching photos, look-alikes that share letters, or images without usable featur
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 import cv2
@@ -267,6 +270,40 @@ def test_save_and_load_give_the_same_results(index: KeypointIndex, tmp_path: Pat
     for query in queries:
         assert loaded.search(query) == index.search(query)
     assert top(loaded.search(queries[2])) == "asset-5"
+
+
+def test_searches_at_once_from_many_threads_give_what_each_gives_alone(
+    index: KeypointIndex,
+) -> None:
+    queries = [LOGOS[a] for a in LOGOS] + [photo("chelsea"), photo("coffee")]
+    alone = [index.search(q) for q in queries]
+
+    with ThreadPoolExecutor(4) as threads:
+        together = list(threads.map(index.search, queries * 3))
+
+    assert together == alone * 3
+    assert [top(m) for m in alone] == [*LOGOS, None, None]
+
+
+def _search_in_child(index: KeypointIndex, query: Rgb, answers: Queue[list[KeypointMatch]]) -> None:
+    answers.put(index.search(query))
+
+
+def test_a_forked_worker_process_searches_after_its_parent_did(index: KeypointIndex) -> None:
+    # A Celery worker forks its processes from a parent that may have searched already: the
+    # parent's search threads do not exist in the child.
+    query = LOGOS["asset-3"]
+    in_parent = index.search(query)
+    fork = multiprocessing.get_context("fork")
+    answers: Queue[list[KeypointMatch]] = fork.Queue()
+    child = fork.Process(target=_search_in_child, args=(index, query, answers))
+    child.start()
+    try:
+        assert answers.get(timeout=60) == in_parent
+    finally:
+        child.join(10)
+        child.kill()
+    assert top(in_parent) == "asset-3"
 
 
 def test_add_after_build_finds_the_new_exemplar() -> None:
