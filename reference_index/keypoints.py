@@ -1306,7 +1306,9 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None
 
 def _workers() -> ThreadPoolExecutor:
     """This process's search workers. A pool is never shared with a forked child (a Celery
-    worker process): its threads do not exist there, and work submitted would wait forever."""
+    worker process): its threads do not exist there, and work submitted would wait forever.
+    Two threads asking first at once may each make a pool; the one not kept is dropped, and
+    its idle threads with it."""
     global _pool
     if _pool is None or _pool[0] != os.getpid():
         _pool = (os.getpid(), ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="keypoints"))
