@@ -39,8 +39,8 @@ How a search works:
    (Limitation: a copy repainted in a free colour scheme, or inverted, is not matched here;
    register that variant as an exemplar of its own.)
 
-The two channels' features, halves of the descriptor batch and the candidates each run on
-SEARCH_THREADS threads, which makes one search about 1.7x as fast on a 2-core machine.
+The two channels' features, halves of the descriptor batch and the candidates run on
+SEARCH_THREADS threads (see there).
 
 Invariant: a match is only reported when its homography passed every check; a query without
 usable keypoints (blank, tiny, flat) gives no match rather than an error.
@@ -112,8 +112,9 @@ POSES = 64 * 65536  # scale bins x position cells, see KeypointIndex._candidates
 Array = npt.NDArray[Any]
 # A search's independent parts (the two channels' features, halves of the descriptor batch,
 # the candidates) run on this many threads: OpenCV, faiss, scipy and most of numpy release
-# the GIL, so on this 2-core machine a search takes about 2/3 as long. More would only
-# compete with the other searches of a worker that runs one process per core.
+# the GIL, so on a 2-core machine a search takes about 2/3 as long (506 -> 324 ms a check on
+# the benchmark). More would only compete with the other searches of a worker that runs one
+# process per core.
 SEARCH_THREADS = 2
 
 _NO_DESCRIPTORS = np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
@@ -1282,22 +1283,9 @@ class KeypointIndex:
 
 
 def _search_in_parts(index: Any, descriptors: Array, k: int) -> tuple[Array, Array]:
-    """index.search, the batch split between the search workers, each searching on its own
-    thread alone. faiss would spread a batch over OpenMP threads; on a small, busy machine (or
-    beside other searches) those threads wait on each other and a 30 ms search takes 150-300
-    ms. The OpenMP thread count is per calling thread, so this does not change other threads'
-    searches."""
-
-    def alone(part: Array) -> tuple[Array, Array]:
-        previous = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
-            distances, ids = index.search(part, k)
-            return distances, ids
-        finally:
-            faiss.omp_set_num_threads(previous)
-
-    parts = list(_workers().map(alone, np.array_split(descriptors, SEARCH_THREADS)))
+    """index.search, the batch split between the search workers."""
+    batches = np.array_split(descriptors, SEARCH_THREADS)
+    parts = list(_workers().map(lambda batch: index.search(batch, k), batches))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -1311,8 +1299,18 @@ def _workers() -> ThreadPoolExecutor:
     its idle threads with it."""
     global _pool
     if _pool is None or _pool[0] != os.getpid():
-        _pool = (os.getpid(), ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="keypoints"))
+        pool = ThreadPoolExecutor(
+            SEARCH_THREADS, thread_name_prefix="keypoints", initializer=_one_openmp_thread
+        )
+        _pool = (os.getpid(), pool)
     return _pool[1]
+
+
+def _one_openmp_thread() -> None:
+    """faiss would spread each worker's batch over OpenMP threads; on a small, busy machine
+    (or beside other searches) those threads wait on each other and a 30 ms search takes
+    150-300 ms. The OpenMP thread count is per calling thread: this is the worker's alone."""
+    faiss.omp_set_num_threads(1)
 
 
 def _two_nearest(values: Array) -> Array:
