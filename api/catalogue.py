@@ -24,7 +24,7 @@ from api.schemas import (
     IndexOut,
     Page,
 )
-from core.blobs import BlobStore
+from core.blobs import BlobStore, digest
 from core.db import read_scope, session_scope
 from core.errors import InvalidInputError
 from core.images import decode_image
@@ -274,10 +274,15 @@ async def check(file: UploadFile, principal: PrincipalDep, settings: SettingsDep
     """Clear any image, generated here or not: matches against the shared catalogue and the
     caller's tenant's own assets (PDQ, keypoints, CLIP) and NSFW, with a decision
     approve | review | reject."""
-    image = decode_image(await read_image_upload(file), field="file")
+    data = await read_image_upload(file)
+    image = decode_image(data, field="file")
     with read_scope() as session:
         result = checks.check_image(
-            image, session=session, settings=settings, tenant_id=principal.tenant_id
+            image,
+            sha256=digest(data),
+            session=session,
+            settings=settings,
+            tenant_id=principal.tenant_id,
         )
     return CheckOut.model_validate(result.to_dict())
 

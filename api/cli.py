@@ -1002,6 +1002,7 @@ def index_stats(as_json: bool) -> None:
 def _check_paths(paths: tuple[Path, ...], tenant: str | None) -> Iterator[dict[str, Any]]:
     """One check result per path, in order, against the shared catalogue and the tenant's
     own assets (no tenant: the shared catalogue only); unreadable files give an error entry."""
+    from core.blobs import digest
     from core.db import read_scope
     from core.errors import ClearanceError
     from core.images import decode_image
@@ -1011,10 +1012,15 @@ def _check_paths(paths: tuple[Path, ...], tenant: str | None) -> Iterator[dict[s
     tenant_id = _tenant_id(tenant) if tenant else None
     for path in paths:
         try:
-            image = decode_image(path.read_bytes())
+            data = path.read_bytes()
+            image = decode_image(data)
             with read_scope() as session:
                 result = checks.check_image(
-                    image, session=session, settings=settings, tenant_id=tenant_id
+                    image,
+                    sha256=digest(data),
+                    session=session,
+                    settings=settings,
+                    tenant_id=tenant_id,
                 )
         except (OSError, ClearanceError) as e:
             yield {"path": str(path), "decision": "error", "error": getattr(e, "detail", str(e))}

@@ -14,6 +14,11 @@ from core.errors import NotFoundError
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def digest(data: bytes) -> str:
+    """A blob's name: the sha256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -24,7 +29,7 @@ class BlobStore:
         return self.root / sha256[:2] / sha256
 
     def put(self, data: bytes) -> str:
-        sha256 = hashlib.sha256(data).hexdigest()
+        sha256 = digest(data)
         path = self._path(sha256)
         if path.exists():
             return sha256

@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from audit import service as audit
-from core.blobs import BlobStore
+from core.blobs import BlobStore, digest
 from core.db import read_scope, session_scope, utcnow
 from core.images import decode_image
 from core.settings import Settings, get_settings
@@ -260,7 +260,11 @@ def _check(data: bytes, ctx: StageContext, tenant_id: str) -> checks.CheckResult
     image = decode_image(data)
     with read_scope() as session:
         return checks.check_image(
-            image, session=session, settings=ctx.settings, tenant_id=tenant_id
+            image,
+            sha256=digest(data),
+            session=session,
+            settings=ctx.settings,
+            tenant_id=tenant_id,
         )
 
 

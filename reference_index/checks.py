@@ -246,6 +246,55 @@ def _index_candidates(
 NEGATIVE_MARGIN = 0.02
 
 
+def _approved_as_is(
+    candidates: list[_Candidate], session: Session, sha256: str, tenant_id: str | None
+) -> tuple[list[_Candidate], list[dict[str, Any]]]:
+    """A person approved this very file for an asset (its bytes are one of the asset's
+    negative exemplars): that asset's matches are silenced whatever their scores, which for
+    two different exemplars are not comparable to a few hundredths (a brightened exemplar
+    can outscore the identical image). A match to an exemplar added since the approval is
+    evidence that person has not seen: it stays."""
+    approvals = session.execute(
+        select(ReferenceImage.asset_id, ReferenceImage.id, ReferenceImage.created_at)
+        .where(
+            ReferenceImage.blob_sha256 == sha256,
+            ReferenceImage.polarity == "negative",
+            visible_to(ReferenceImage.tenant_id, tenant_id),
+        )
+        .order_by(ReferenceImage.created_at)
+    ).all()
+    if not approvals:
+        return candidates, []
+    approved = {row.asset_id: row for row in approvals}  # the latest approval per asset
+    matched = {c.match.exemplar_id for c in candidates if c.match.asset_id in approved}
+    added = {
+        row.id: row.created_at
+        for row in session.execute(
+            select(ReferenceImage.id, ReferenceImage.created_at).where(
+                ReferenceImage.id.in_(matched - {None})
+            )
+        )
+    }
+    kept, silenced = [], []
+    for c in candidates:
+        approval = approved.get(c.match.asset_id)
+        exemplar_added = added.get(c.match.exemplar_id) if c.match.exemplar_id else None
+        if approval is None or (
+            exemplar_added is not None and exemplar_added > approval.created_at
+        ):
+            kept.append(c)
+        elif not c.negative:
+            silenced.append(
+                {
+                    "asset_id": c.match.asset_id,
+                    "matcher": c.match.matcher,
+                    "score": c.match.score,
+                    "approved_as_is": approval.id,
+                }
+            )
+    return kept, silenced
+
+
 def _apply_negatives(candidates: list[_Candidate]) -> tuple[list[Match], list[dict[str, Any]]]:
     """An approved look-alike (negative exemplar) that matches at least as well as the
     asset's own exemplars (within NEGATIVE_MARGIN), with the same matcher, silences that
@@ -314,10 +363,16 @@ def decide(matches: list[Match], nsfw_decision: str | None, faults: list[dict[st
 
 
 def check_image(
-    image: Image.Image, *, session: Session, settings: Settings, tenant_id: str | None
+    image: Image.Image,
+    *,
+    sha256: str,
+    session: Session,
+    settings: Settings,
+    tenant_id: str | None,
 ) -> CheckResult:
-    """The check of an image for `tenant_id`: against the shared catalogue and that tenant's
-    own assets and exemplars (None: the shared catalogue only)."""
+    """The check of an image (decoded from a file whose bytes hash to `sha256`) for
+    `tenant_id`: against the shared catalogue and that tenant's own assets and exemplars
+    (None: the shared catalogue only)."""
     rgb = to_array(image)
     assets = {
         a.id: a
@@ -376,7 +431,9 @@ def check_image(
         if c.match.asset_id in assets
         and (c.match.exemplar_id is None or c.match.exemplar_id in exemplars)
     ]
+    candidates, approved = _approved_as_is(candidates, session, sha256, tenant_id)
     matches, suppressed = _apply_negatives(candidates)
+    suppressed = approved + suppressed
     decision = decide(matches, nsfw_result["decision"] if nsfw_result else None, faults)
     return CheckResult(
         decision=decision,

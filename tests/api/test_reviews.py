@@ -26,7 +26,7 @@ from pipeline import stages
 from pipeline.models import Job
 from reference_index import index
 from reference_index.models import ReferenceImage
-from reference_index.service import import_catalogue
+from reference_index.service import add_reference_image, import_catalogue
 from review import tasks as review_tasks
 from review.models import ReviewTask
 from tests.conftest import TenantKeys, reset_caches
@@ -262,8 +262,8 @@ def test_an_sla_breach_escalates_to_legal_by_itself(desk: Desk) -> None:
     assert desk.decide(task["id"], "approve", role="legal")[0] == 200
 
 
-def brighter(png: bytes) -> bytes:
-    image = ImageEnhance.Brightness(Image.open(io.BytesIO(png))).enhance(1.15)
+def brighter(png: bytes, factor: float = 1.15) -> bytes:
+    image = ImageEnhance.Brightness(Image.open(io.BytesIO(png))).enhance(factor)
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
@@ -283,37 +283,25 @@ def catalogue_with(folder: Path, exemplar: bytes) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    ("decision", "reason", "then"),
-    [("reject", "infringement", "rejected"), ("approve", "false_positive", "released")],
-)
-def test_confirmed_feedback_changes_how_the_same_image_routes(
-    client: TestClient,
-    settings: Settings,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    decision: str,
-    reason: str,
-    then: str,
-) -> None:
-    """Legal rejects a look-alike as an infringement: it becomes an exemplar and the same
-    image is rejected from then on. Legal approves it as a false positive: it becomes a
-    negative exemplar and the same image is approved from then on."""
+def flag_a_look_alike(
+    desk: Desk, settings: Settings, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[bytes, str]:
+    """(the image seed 11 gives, its job flagged for review) once a brightened copy of it is
+    an exemplar of 'noise-co'."""
     # Only an exact copy is a copy: the brightened exemplar is a look-alike for a person.
     monkeypatch.setenv("CLEARANCE_MATCHING__PDQ_REJECT_DISTANCE", "0")
     monkeypatch.setenv("CLEARANCE_MATCHING__KEYPOINT_REJECT_INLIERS", "100000")
     reset_caches()
-    desk = Desk(client, new_tenant("studio"))
     first = desk.submit(seed=11)
     assert desk.job(first)["state"] == "released"
-    with read_scope() as session:
-        png = BlobStore(settings.blob_dir).get(session.get_one(Job, first).images[0].blob_sha256)
     blobs = BlobStore(settings.blob_dir)
+    with read_scope() as session:
+        png = blobs.get(session.get_one(Job, first).images[0].blob_sha256)
     with session_scope() as session:
         summary = import_catalogue(
             session=session,
             blobs=blobs,
-            path=catalogue_with(tmp_path, brighter(png)),
+            path=catalogue_with(folder, brighter(png)),
             actor="test",
         )
         index.add(
@@ -325,21 +313,82 @@ def test_confirmed_feedback_changes_how_the_same_image_routes(
         )
     flagged = desk.submit(seed=11)  # the very same image
     assert desk.job(flagged)["state"] == "in_review"
-    task = desk.task_of(flagged)
+    return png, flagged
+
+
+def approve_as_false_positive(desk: Desk, job_id: str) -> None:
+    task = desk.task_of(job_id)
     assert "noise-co" in {r.get("asset_id") for r in task["reasons"]}
-    desk.claim(task["id"], role="legal")
-    assert desk.decide(task["id"], decision, role="legal", reason=reason)[0] == 200
-    if decision == "approve":  # a close match is high risk: four-eyes
-        assert task["required_approvals"] == 2
-        desk.claim(task["id"], role="reviewer2")
-        assert desk.decide(task["id"], "approve", role="reviewer2", reason=reason)[0] == 200
+    assert task["required_approvals"] == 2  # a close match is high risk: four-eyes
+    for role in ("legal", "reviewer2"):
+        desk.claim(task["id"], role=role)
+        assert desk.decide(task["id"], "approve", role=role, reason="false_positive")[0] == 200
+
+
+def noise_co_polarities() -> list[str]:
     with read_scope() as session:
-        polarities = sorted(
+        return sorted(
             r.polarity
             for r in session.scalars(
                 select(ReferenceImage).where(ReferenceImage.asset_id == "noise-co")
             )
         )
-    added = "negative" if decision == "approve" else "positive"
-    assert polarities == sorted(["positive", added])
-    assert desk.job(desk.submit(seed=11))["state"] == then
+
+
+def test_a_confirmed_infringement_rejects_the_same_image_from_then_on(
+    client: TestClient, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Legal rejects a look-alike as an infringement: it becomes an exemplar and the same
+    image is rejected from then on."""
+    desk = Desk(client, new_tenant("studio"))
+    _, flagged = flag_a_look_alike(desk, settings, tmp_path, monkeypatch)
+    task = desk.task_of(flagged)
+    desk.claim(task["id"], role="legal")
+    assert desk.decide(task["id"], "reject", role="legal", reason="infringement")[0] == 200
+    assert noise_co_polarities() == ["positive", "positive"]
+    assert desk.job(desk.submit(seed=11))["state"] == "rejected"
+
+
+def test_an_approved_false_positive_releases_the_same_image_from_then_on(
+    client: TestClient, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Legal approves a look-alike as a false positive: it becomes a negative exemplar and
+    the very same image is released from then on, whatever the matchers' scores (an
+    exemplar brightened by 15% may score a little better than the identical image does)."""
+    desk = Desk(client, new_tenant("studio"))
+    _, flagged = flag_a_look_alike(desk, settings, tmp_path, monkeypatch)
+    approve_as_false_positive(desk, flagged)
+    assert noise_co_polarities() == ["negative", "positive"]
+    assert desk.job(desk.submit(seed=11))["state"] == "released"
+
+
+def test_an_exemplar_added_after_an_approval_flags_the_approved_image_again(
+    client: TestClient, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An approval judged the image against the exemplars of its day; an exemplar the asset
+    gains afterwards is evidence nobody has weighed, so the image goes to a person again,
+    matched to that exemplar alone."""
+    desk = Desk(client, new_tenant("studio"))
+    png, flagged = flag_a_look_alike(desk, settings, tmp_path, monkeypatch)
+    approve_as_false_positive(desk, flagged)
+    blobs = BlobStore(settings.blob_dir)
+    with session_scope() as session:
+        newer, _ = add_reference_image(
+            session=session,
+            blobs=blobs,
+            asset_id="noise-co",
+            data=brighter(png, 1.1),
+            source="test",
+            actor="test",
+        )
+        index.add(
+            session=session,
+            settings=settings,
+            blobs=blobs,
+            reference_ids=[newer.id],
+            actor="test",
+        )
+        newer_id = newer.id
+    again = desk.job(desk.submit(seed=11))
+    assert again["state"] == "in_review"
+    assert {m["exemplar_id"] for m in again["images"][0]["matches"]} == {newer_id}
