@@ -291,4 +291,7 @@ async def check(file: UploadFile, principal: PrincipalDep, settings: SettingsDep
 def index_status(
     principal: PrincipalDep, session: ReadSessionDep, settings: SettingsDep
 ) -> IndexOut:
-    return IndexOut(**vars(index_versions.stats(session=session, settings=settings)))
+    """The active index version, counted for the caller's tenant: the shared catalogue's
+    exemplars and its own."""
+    figures = index_versions.stats(session=session, settings=settings, seen_by=principal.tenant_id)
+    return IndexOut(**vars(figures))

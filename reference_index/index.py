@@ -33,6 +33,7 @@ from reference_index.embedders import Embedder, get_embedder
 from reference_index.errors import IndexUnusableError
 from reference_index.keypoints import KeypointIndex
 from reference_index.models import IndexVersion, ProtectedAsset, ReferenceImage
+from reference_index.service import visible_to
 from reference_index.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -81,22 +82,41 @@ class IndexStats:
     pending_exemplars: int
 
 
-def stats(*, session: Session, settings: Settings) -> IndexStats:
+def stats(*, session: Session, settings: Settings, seen_by: str | None = None) -> IndexStats:
+    """The active version and what it holds. `seen_by`: a tenant, whose counts cover only
+    what it sees (the shared catalogue and its own exemplars: how many exemplars other
+    tenants have is not its business); None: the whole index, for operators."""
     version = active_version(session)
-    total = session.scalar(select(func.count()).select_from(ReferenceImage)) or 0
-    indexed = version.exemplars if version else 0
+    if seen_by is None:
+        total = session.scalar(select(func.count()).select_from(ReferenceImage)) or 0
+        indexed = version.exemplars if version else 0
+        vectors = version.vectors if version else 0
+    else:
+        visible = set(
+            session.scalars(
+                select(ReferenceImage.id).where(visible_to(ReferenceImage.tenant_id, seen_by))
+            )
+        )
+        total = len(visible)
+        # One vector per exemplar.
+        indexed = vectors = len(visible & _indexed_ids(version)) if version else 0
     return IndexStats(
         checkpoint=version.checkpoint if version else None,
         embedder=version.embedder if version else None,
         current_embedder=get_embedder(settings).name,
         dimension=version.dimension if version else None,
-        vectors=version.vectors if version else 0,
+        vectors=vectors,
         exemplars=indexed,
         kind=version.kind if version else None,
         built_by=version.built_by if version else None,
         created_at=version.created_at if version else None,
         pending_exemplars=max(0, total - indexed),
     )
+
+
+def _indexed_ids(version: IndexVersion) -> set[str]:
+    """The exemplars a version holds, from its exemplar table."""
+    return set(json.loads((Path(version.path) / "index.json").read_text())["exemplars"])
 
 
 def _asset_texts(session: Session) -> tuple[list[str], list[str]]:

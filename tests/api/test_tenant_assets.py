@@ -6,6 +6,7 @@ none of them."""
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,34 @@ def test_checks_match_a_tenants_assets_for_it_alone(tenants: Tenants) -> None:
     assert t.call(t.b, "DELETE", path, "admin").status_code == 404
     assert t.call(t.a, "DELETE", path, "admin").status_code == 204
     assert SHARED in matched(t.check(t.a, look_alike))
+
+
+def test_the_index_status_counts_what_the_tenant_sees(tenants: Tenants) -> None:
+    """How many exemplars another tenant has is none of a tenant's business: /v1/index
+    counts the shared catalogue and the caller's own; operators' `clearance index stats`
+    counts the whole index."""
+    t = tenants
+
+    def counted(tenant: TenantKeys) -> tuple[int, int, int]:
+        body = t.call(tenant, "GET", "/v1/index", "requester").json()
+        return body["exemplars"], body["vectors"], body["pending_exemplars"]
+
+    own_asset(t, photo_bytes("astronaut"))  # indexed as it is added
+    assert (counted(t.a), counted(t.b)) == ((2, 2, 0), (1, 1, 0))
+    with session_scope() as session:
+        add_reference_image(
+            session=session,
+            blobs=BlobStore(t.settings.blob_dir),
+            asset_id="tenant-a:logo",
+            data=photo_bytes("chelsea"),
+            source="test",
+            actor="test",
+            tenant_id=t.a.id,
+        )
+    assert (counted(t.a), counted(t.b)) == ((2, 2, 1), (1, 1, 0))
+    result = CliRunner().invoke(main, ["index", "stats", "--json"])
+    whole = json.loads(result.stdout)
+    assert (whole["exemplars"], whole["vectors"], whole["pending_exemplars"]) == (2, 2, 1)
 
 
 def test_jobs_of_another_tenant_never_see_a_tenants_asset(tenants: Tenants) -> None:
