@@ -29,7 +29,9 @@ def _clip_tokenizer() -> object:
     from transformers import CLIPTokenizer
 
     # Every byte-level symbol, so any prompt tokenizes (one token per byte, no merges).
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    # Sorted: the alphabet comes in a hash set's order, which changes from one process to the
+    # next, and with it every token id, text embedding and image.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
 

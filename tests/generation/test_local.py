@@ -12,6 +12,8 @@ import io
 import json
 import shutil
 import struct
+import subprocess
+import sys
 import uuid
 import zlib
 from collections.abc import Callable
@@ -114,6 +116,22 @@ def tiny_settings(
     monkeypatch.setenv("CLEARANCE_GENERATION__TINY_MODEL_DIR", str(tiny_model_dir))
     monkeypatch.delenv("CLEARANCE_GENERATION__LOCAL_MODELS", raising=False)
     return Settings()
+
+
+def test_every_process_builds_the_same_tiny_pipeline(tmp_path: Path) -> None:
+    """A seed gives the same image on every machine and in every process: the tiny folders
+    two processes build are the same byte for byte, tokenizers included."""
+    script = (
+        "import sys; from pathlib import Path; "
+        "from generation.tiny import ensure_tiny_flux; ensure_tiny_flux(Path(sys.argv[1]))"
+    )
+    built = []
+    for name in ("first", "second"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True)
+        files = sorted(p for p in (tmp_path / name).rglob("*") if p.is_file())
+        built.append({str(p.relative_to(tmp_path / name)): p.read_bytes() for p in files})
+    assert built[0].keys() == built[1].keys()
+    assert [k for k in built[0] if built[0][k] != built[1][k]] == []
 
 
 # --- steps and progress --------------------------------------------------------------------
