@@ -182,10 +182,14 @@ def sign_in(
     password: str,
     lifetime: timedelta,
     client: str,
+    max_failures: int,
+    failure_window: timedelta,
 ) -> SignIn:
     """Check the credentials and open a session. A refusal is audited in `session` too and
     returns no token: the caller commits, then answers 401. The reason (unknown tenant or
-    user, wrong password, disabled) goes to the audit log only, never to the client."""
+    user, wrong password, disabled, locked) goes to the audit log only, never to the client.
+    An account with `max_failures` failed sign-ins within `failure_window` (since its last
+    sign-in) is locked: refused whatever the password, until the window has passed."""
     tenant = session.scalar(select(Tenant).where(Tenant.name == tenant_name.strip()))
     user = None
     if tenant is not None:
@@ -195,7 +199,18 @@ def sign_in(
                 DashboardUser.email == email.strip().lower(),
             )
         )
+    # Checked before the lock, so a locked account takes as long to refuse as any other.
     refusal = _refusal(tenant, user, password)
+    if user is not None and _locked(session, user, max_failures, failure_window):
+        audit.append(
+            session=session,
+            actor="dashboard:anonymous",
+            tenant_id=user.tenant_id,
+            type="dashboard.login_locked",
+            subject=f"user:{user.id}",
+            payload={"client": client, "password_ok": refusal is None},
+        )
+        return SignIn(None, None)
     if refusal is not None or user is None:
         audit.append(
             session=session,
@@ -239,6 +254,18 @@ def sign_in(
         payload={"client": client, "expires_at": (now + lifetime).isoformat()},
     )
     return SignIn(token, user)
+
+
+def _locked(session: Session, user: DashboardUser, max_failures: int, window: timedelta) -> bool:
+    subject = f"user:{user.id}"
+    since = utcnow() - window
+    last = audit.last_at(session=session, type="dashboard.login", subject=subject)
+    if last is not None and last > since:
+        since = last  # a sign-in that succeeded forgives the failures before it
+    failures = audit.count_since(
+        session=session, type="dashboard.login_failed", subject=subject, since=since
+    )
+    return failures >= max_failures
 
 
 def _refusal(tenant: Tenant | None, user: DashboardUser | None, password: str) -> str | None:

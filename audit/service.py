@@ -297,6 +297,31 @@ def events_for(*, session: Session, subject: str) -> list[AuditEvent]:
     )
 
 
+def count_since(*, session: Session, type: str, subject: str, since: datetime) -> int:
+    """How many events of `type` about `subject` occurred after `since`."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(
+                AuditEvent.type == type,
+                AuditEvent.subject == subject,
+                AuditEvent.occurred_at > since,
+            )
+        )
+        or 0
+    )
+
+
+def last_at(*, session: Session, type: str, subject: str) -> datetime | None:
+    """When the last event of `type` about `subject` occurred."""
+    return session.scalar(
+        select(func.max(AuditEvent.occurred_at)).where(
+            AuditEvent.type == type, AuditEvent.subject == subject
+        )
+    )
+
+
 def search(
     *,
     session: Session,

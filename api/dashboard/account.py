@@ -81,7 +81,8 @@ def login(
     next: Annotated[str, Form()] = "/dashboard",
 ) -> Response:
     """Sign in: sets the session cookie (HttpOnly, SameSite=Lax) and goes to `next`. A wrong
-    tenant, email or password, or a disabled user, all get the same 401."""
+    tenant, email or password, a disabled user, or an account locked after too many failed
+    sign-ins, all get the same 401."""
     expected = request.cookies.get(web.LOGIN_CSRF_COOKIE, "")
     if not expected or not hmac.compare_digest(expected, csrf_token):
         raise PermissionDeniedError(
@@ -97,9 +98,16 @@ def login(
             password=password,
             lifetime=lifetime,
             client=web.client_of(request),
+            max_failures=settings.dashboard.max_failed_sign_ins,
+            failure_window=timedelta(minutes=settings.dashboard.failed_sign_in_minutes),
         )
     if signed.token is None:
-        refused = "the tenant, email or password is wrong, or the user is disabled"
+        # One answer for every refusal: it must not tell which accounts exist or are locked.
+        refused = (
+            "the tenant, email or password is wrong, the user is disabled, or there were "
+            f"too many failed sign-ins (wait {settings.dashboard.failed_sign_in_minutes:g} "
+            "minutes)"
+        )
         if not web.wants_html(request):
             raise AuthenticationError(refused, field="password")
         return _login_page(request, next, message=refused, status_code=401)

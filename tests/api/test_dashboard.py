@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import cv2
@@ -22,13 +23,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
+from api import users
 from api.app import create_app
 from api.cli import main
 from api.models import DashboardSession, DashboardUser
 from audit import export, signing
 from audit.models import AuditEvent
 from core.blobs import BlobStore
-from core.db import read_scope, session_scope
+from core.db import read_scope, session_scope, utcnow
 from core.settings import Settings
 from pipeline import stages
 from pipeline.models import Job
@@ -145,7 +147,7 @@ def test_failed_sign_ins_are_refused_alike_and_audited(
         refused = post_sign_in(browser, tenant_name, who, password)
         # The same answer whatever was wrong: it does not tell which emails have an account.
         assert refused.status_code == 401
-        assert "the tenant, email or password is wrong, or the user is disabled" in refused.text
+        assert "the tenant, email or password is wrong, the user is disabled" in refused.text
         assert "clearance_session" not in browser.cookies
     failed = events("dashboard.login_failed")
     assert [json.loads(e.payload)["reason"] for e in failed] == [a[3] for a in attempts]
@@ -162,6 +164,37 @@ def test_failed_sign_ins_are_refused_alike_and_audited(
     )
     assert forged.status_code == 403
     assert forged.json()["field"] == "csrf_token"
+
+
+def test_an_account_is_locked_after_too_many_failed_sign_ins(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """Five wrong passwords within the window lock the account: the right password is then
+    refused too, with the same answer as any refusal, until the failures are older than the
+    window. Refusals while locked do not extend the lock; a sign-in forgives earlier failures."""
+    tenant = make_tenant("acme")
+    email = make_user(tenant, "reviewer")
+    other = make_user(tenant, "legal")
+    browser = TestClient(create_app(), headers=HTML)
+    wrong = "wrong password, long enough"
+    assert post_sign_in(browser, tenant.name, email).status_code == 303
+    for _ in range(4):
+        assert post_sign_in(browser, tenant.name, email, wrong).status_code == 401
+    # Four since the last sign-in: not locked yet.
+    assert post_sign_in(browser, tenant.name, email).status_code == 303
+    for _ in range(5):
+        assert post_sign_in(browser, tenant.name, email, wrong).status_code == 401
+    locked = post_sign_in(browser, tenant.name, email)
+    assert locked.status_code == 401
+    assert "too many failed sign-ins (wait 15 minutes)" in locked.text
+    assert json.loads(events("dashboard.login_locked")[-1].payload)["password_ok"] is True
+    # Another account of the tenant is not affected.
+    assert post_sign_in(browser, tenant.name, other).status_code == 303
+    # The window later, for the lock (the locked refusal since then does not count).
+    later = utcnow() + timedelta(minutes=settings.dashboard.failed_sign_in_minutes, seconds=1)
+    monkeypatch.setattr(users, "utcnow", lambda: later)
+    assert post_sign_in(browser, tenant.name, email).status_code == 303
+    assert len(events("dashboard.login_failed")) == 9
 
 
 def test_the_session_cookie_is_secure_when_configured(
