@@ -242,10 +242,10 @@ class DashboardSettings(BaseModel):
     secure_cookie: bool = False
     # How often the live-update stream (server-sent events) looks at the review queue.
     events_poll_seconds: float = Field(default=2.0, gt=0)
-    # After this many failed sign-ins to one account within failed_sign_in_minutes (and since
-    # its last sign-in), the account refuses every sign-in until the oldest of them is that
-    # old: a password guesser gets that many tries per window. Refusals while locked are
-    # audited (dashboard.login_locked) but do not extend the lock.
+    # With this many failed sign-ins to one account within the last failed_sign_in_minutes
+    # (and since its last sign-in), the account refuses every sign-in until fewer are that
+    # recent: a password guesser gets that many tries per window. Refusals while locked are
+    # audited (dashboard.login_locked) but do not count.
     max_failed_sign_ins: int = Field(default=5, ge=1)
     failed_sign_in_minutes: float = Field(default=15, gt=0)
 
