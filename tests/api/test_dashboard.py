@@ -177,11 +177,11 @@ def test_an_account_is_locked_after_too_many_failed_sign_ins(
     other = make_user(tenant, "legal")
     browser = TestClient(create_app(), headers=HTML)
     wrong = "wrong password, long enough"
-    assert post_sign_in(browser, tenant.name, email).status_code == 303
-    for _ in range(4):
-        assert post_sign_in(browser, tenant.name, email, wrong).status_code == 401
-    # Four since the last sign-in: not locked yet.
-    assert post_sign_in(browser, tenant.name, email).status_code == 303
+    for _ in range(2):
+        for _ in range(4):
+            assert post_sign_in(browser, tenant.name, email, wrong).status_code == 401
+        # Four since the last sign-in (eight within the window the second time): not locked.
+        assert post_sign_in(browser, tenant.name, email).status_code == 303
     for _ in range(5):
         assert post_sign_in(browser, tenant.name, email, wrong).status_code == 401
     locked = post_sign_in(browser, tenant.name, email)
@@ -194,7 +194,7 @@ def test_an_account_is_locked_after_too_many_failed_sign_ins(
     later = utcnow() + timedelta(minutes=settings.dashboard.failed_sign_in_minutes, seconds=1)
     monkeypatch.setattr(users, "utcnow", lambda: later)
     assert post_sign_in(browser, tenant.name, email).status_code == 303
-    assert len(events("dashboard.login_failed")) == 9
+    assert len(events("dashboard.login_failed")) == 13
 
 
 def test_the_session_cookie_is_secure_when_configured(
