@@ -24,10 +24,9 @@ from api.schemas import (
     IndexOut,
     Page,
 )
-from core.blobs import BlobStore, digest
+from core.blobs import BlobStore
 from core.db import read_scope, session_scope
 from core.errors import InvalidInputError
-from core.images import decode_image
 from core.settings import Settings
 from reference_index import checks
 from reference_index import index as index_versions
@@ -275,14 +274,13 @@ async def check(file: UploadFile, principal: PrincipalDep, settings: SettingsDep
     caller's tenant's own assets (PDQ, keypoints, CLIP) and NSFW, with a decision
     approve | review | reject."""
     data = await read_image_upload(file)
-    image = decode_image(data, field="file")
     with read_scope() as session:
         result = checks.check_image(
-            image,
-            sha256=digest(data),
+            data,
             session=session,
             settings=settings,
             tenant_id=principal.tenant_id,
+            field="file",
         )
     return CheckOut.model_validate(result.to_dict())
 

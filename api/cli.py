@@ -1002,10 +1002,8 @@ def index_stats(as_json: bool) -> None:
 def _check_paths(paths: tuple[Path, ...], tenant: str | None) -> Iterator[dict[str, Any]]:
     """One check result per path, in order, against the shared catalogue and the tenant's
     own assets (no tenant: the shared catalogue only); unreadable files give an error entry."""
-    from core.blobs import digest
     from core.db import read_scope
     from core.errors import ClearanceError
-    from core.images import decode_image
     from reference_index import checks
 
     settings = get_settings()
@@ -1013,14 +1011,9 @@ def _check_paths(paths: tuple[Path, ...], tenant: str | None) -> Iterator[dict[s
     for path in paths:
         try:
             data = path.read_bytes()
-            image = decode_image(data)
             with read_scope() as session:
                 result = checks.check_image(
-                    image,
-                    sha256=digest(data),
-                    session=session,
-                    settings=settings,
-                    tenant_id=tenant_id,
+                    data, session=session, settings=settings, tenant_id=tenant_id
                 )
         except (OSError, ClearanceError) as e:
             yield {"path": str(path), "decision": "error", "error": getattr(e, "detail", str(e))}

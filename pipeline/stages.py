@@ -25,9 +25,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from audit import service as audit
-from core.blobs import BlobStore, digest
+from core.blobs import BlobStore
 from core.db import read_scope, session_scope, utcnow
-from core.images import decode_image
 from core.settings import Settings, get_settings
 from generation import costs
 from generation import service as generation
@@ -257,15 +256,8 @@ _SEVERITY = {"approve": 0, "review": 1, "reject": 2}
 def _check(data: bytes, ctx: StageContext, tenant_id: str) -> checks.CheckResult:
     """The catalogue and NSFW checks of one image for the job's tenant (the shared catalogue
     and its own assets)."""
-    image = decode_image(data)
     with read_scope() as session:
-        return checks.check_image(
-            image,
-            sha256=digest(data),
-            session=session,
-            settings=ctx.settings,
-            tenant_id=tenant_id,
-        )
+        return checks.check_image(data, session=session, settings=ctx.settings, tenant_id=tenant_id)
 
 
 def _worst(decisions: list[str]) -> str:

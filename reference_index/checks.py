@@ -28,7 +28,8 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.images import to_array
+from core.blobs import digest
+from core.images import decode_image, to_array
 from core.settings import Settings
 from reference_index import index as index_versions
 from reference_index import nsfw, pdq
@@ -278,21 +279,19 @@ def _approved_as_is(
     kept, silenced = [], []
     for c in candidates:
         approval = approved.get(c.match.asset_id)
-        exemplar_added = added.get(c.match.exemplar_id) if c.match.exemplar_id else None
+        exemplar_added = added.get(c.match.exemplar_id)
         if approval is None or (
             exemplar_added is not None and exemplar_added > approval.created_at
         ):
             kept.append(c)
         elif not c.negative:
-            silenced.append(
-                {
-                    "asset_id": c.match.asset_id,
-                    "matcher": c.match.matcher,
-                    "score": c.match.score,
-                    "approved_as_is": approval.id,
-                }
-            )
+            silenced.append(_suppression(c.match, approved_as_is=approval.id))
     return kept, silenced
+
+
+def _suppression(match: Match, **why: Any) -> dict[str, Any]:
+    """What a check reports of a match it silenced, and why."""
+    return {"asset_id": match.asset_id, "matcher": match.matcher, "score": match.score, **why}
 
 
 def _apply_negatives(candidates: list[_Candidate]) -> tuple[list[Match], list[dict[str, Any]]]:
@@ -310,14 +309,7 @@ def _apply_negatives(candidates: list[_Candidate]) -> tuple[list[Match], list[di
             continue
         negative = best_negative.get((c.match.asset_id, c.match.matcher))
         if negative is not None and negative >= c.match.score - NEGATIVE_MARGIN:
-            suppressed.append(
-                {
-                    "asset_id": c.match.asset_id,
-                    "matcher": c.match.matcher,
-                    "score": c.match.score,
-                    "negative_score": negative,
-                }
-            )
+            suppressed.append(_suppression(c.match, negative_score=negative))
         else:
             kept.append(c.match)
     # One line per asset and matcher: its best match.
@@ -363,16 +355,17 @@ def decide(matches: list[Match], nsfw_decision: str | None, faults: list[dict[st
 
 
 def check_image(
-    image: Image.Image,
+    data: bytes,
     *,
-    sha256: str,
     session: Session,
     settings: Settings,
     tenant_id: str | None,
+    field: str = "image",
 ) -> CheckResult:
-    """The check of an image (decoded from a file whose bytes hash to `sha256`) for
-    `tenant_id`: against the shared catalogue and that tenant's own assets and exemplars
-    (None: the shared catalogue only)."""
+    """The check of an image file for `tenant_id`: against the shared catalogue and that
+    tenant's own assets and exemplars (None: the shared catalogue only). A file that is not
+    an image it can read is refused (ImageError naming `field`)."""
+    image = decode_image(data, field=field)
     rgb = to_array(image)
     assets = {
         a.id: a
@@ -431,7 +424,7 @@ def check_image(
         if c.match.asset_id in assets
         and (c.match.exemplar_id is None or c.match.exemplar_id in exemplars)
     ]
-    candidates, approved = _approved_as_is(candidates, session, sha256, tenant_id)
+    candidates, approved = _approved_as_is(candidates, session, digest(data), tenant_id)
     matches, suppressed = _apply_negatives(candidates)
     suppressed = approved + suppressed
     decision = decide(matches, nsfw_result["decision"] if nsfw_result else None, faults)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -99,7 +100,8 @@ def stats(*, session: Session, settings: Settings, seen_by: str | None = None) -
         )
         total = len(visible)
         # One vector per exemplar.
-        indexed = vectors = len(visible & _indexed_ids(version)) if version else 0
+        held = _metadata(Path(version.path))["exemplars"] if version else {}
+        indexed = vectors = len(visible & held.keys())
     return IndexStats(
         checkpoint=version.checkpoint if version else None,
         embedder=version.embedder if version else None,
@@ -114,9 +116,14 @@ def stats(*, session: Session, settings: Settings, seen_by: str | None = None) -
     )
 
 
-def _indexed_ids(version: IndexVersion) -> set[str]:
-    """The exemplars a version holds, from its exemplar table."""
-    return set(json.loads((Path(version.path) / "index.json").read_text())["exemplars"])
+def _metadata(folder: Path) -> dict[str, Any]:
+    """A version's index.json: its exemplar table and the asset texts."""
+    meta: dict[str, Any] = json.loads((folder / "index.json").read_text())
+    return meta
+
+
+def _exemplar_table(meta: dict[str, Any]) -> dict[str, Exemplar]:
+    return {i: Exemplar(**e) for i, e in meta["exemplars"].items()}
 
 
 def _asset_texts(session: Session) -> tuple[list[str], list[str]]:
@@ -290,10 +297,7 @@ def add(
             "`clearance index build`"
         )
     keypoints = KeypointIndex.load(folder / "keypoints.npz")
-    exemplars = {
-        i: Exemplar(**e)
-        for i, e in json.loads((folder / "index.json").read_text())["exemplars"].items()
-    }
+    exemplars = _exemplar_table(_metadata(folder))
     wanted = set(reference_ids) - set(exemplars)
     references = list(
         session.scalars(
@@ -349,13 +353,13 @@ def load_active(*, session: Session, settings: Settings) -> LoadedIndex | None:
                 "`clearance index build`"
             )
         folder = Path(current.path)
-        meta = json.loads((folder / "index.json").read_text())
+        meta = _metadata(folder)
         _loaded = LoadedIndex(
             checkpoint=current.checkpoint,
             embedder=current.embedder,
             vectors=VectorIndex.load(folder),
             keypoints=KeypointIndex.load(folder / "keypoints.npz"),
-            exemplars={i: Exemplar(**e) for i, e in meta["exemplars"].items()},
+            exemplars=_exemplar_table(meta),
             text_assets=meta["text_assets"],
             text_labels=meta["text_labels"],
             text_vectors=np.load(folder / "texts.npy", allow_pickle=False),

@@ -28,7 +28,7 @@ from core.db import read_scope, session_scope
 from core.settings import Settings
 from pipeline import service, stages, tasks
 from pipeline.models import Job
-from reference_index import index, nsfw, pdq
+from reference_index import checks, index, nsfw, pdq
 from reference_index.keypoints import KeypointIndex
 from reference_index.models import IndexVersion
 from reference_index.service import import_catalogue
@@ -173,7 +173,7 @@ def test_a_stage_that_runs_out_of_time_fails_the_job(
     ctx = stages.default_context()
     assert stages.prompt_check(job_id, ctx)
     assert stages.generate(job_id, ctx)
-    monkeypatch.setattr(stages, "decode_image", raiser(SoftTimeLimitExceeded()))
+    monkeypatch.setattr(checks, "decode_image", raiser(SoftTimeLimitExceeded()))
     task = cast(Task, SimpleNamespace(request=SimpleNamespace(retries=0)))
     with pytest.raises(Ignore):
         tasks._run(task, stages.IMAGE_CHECK, job_id)
