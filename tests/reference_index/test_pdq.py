@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import numpy.typing as npt
+import pdqhash
 import pytest
 import skimage.data
 from PIL import Image
@@ -80,6 +81,46 @@ def test_hash_is_deterministic() -> None:
     first = pdq.compute(encode(image))
     assert pdq.compute(encode(image)) == first
     assert pdq.compute(encode(image, "BMP")).hex == first.hex
+
+
+def reference_hash(rgb: npt.NDArray[np.uint8]) -> pdq.PdqHash:
+    """Meta's C++ implementation, as the `pdqhash` package wraps it."""
+    bits, quality = pdqhash.compute(np.ascontiguousarray(rgb))
+    return pdq.PdqHash(np.packbits(bits.astype(np.uint8)).tobytes().hex(), int(quality))
+
+
+def odd_sizes() -> list[npt.NDArray[np.uint8]]:
+    """Photos whole, cut to random sizes (64 pixels a side and more) and resized to sizes
+    whose box-filter windows and sample positions fall unevenly."""
+    rng = np.random.default_rng(7)
+    images = []
+    for name in PHOTOS:
+        whole = photo(name)
+        rgb = whole if whole.ndim == 3 else np.dstack([whole] * 3)
+        images.append(rgb)
+        height, width = rgb.shape[:2]
+        for _ in range(4):
+            h, w = int(rng.integers(64, height + 1)), int(rng.integers(64, width + 1))
+            y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            images.append(rgb[y : y + h, x : x + w])
+        for size in ((1024, 1024), (1023, 517), (64, 300), (1999, 1201)):
+            images.append(np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)))
+    return images
+
+
+def test_hashes_and_qualities_are_the_reference_implementations() -> None:
+    """The matrix form gives Meta's reference hash and quality bit for bit, whatever the
+    image's size; so an exemplar hashed by either matches the same queries."""
+    for rgb in odd_sizes():
+        assert pdq.compute_array(rgb) == reference_hash(rgb), rgb.shape
+
+
+def test_flat_and_tiny_images_hash_as_the_reference_does() -> None:
+    """A flat image has quality 0 (never matched); under 5 pixels a side, a zero hash."""
+    flat = np.full((300, 200, 3), 90, np.uint8)
+    assert pdq.compute_array(flat).quality == reference_hash(flat).quality == 0
+    tiny = photo("coffee")[:4, :100]
+    assert pdq.compute_array(tiny) == reference_hash(tiny) == pdq.PdqHash("0" * 64, 0)
 
 
 @pytest.mark.parametrize("name", PHOTOS)
