@@ -95,6 +95,8 @@ def _quality(grid: Floats) -> int:
 
 def compute_array(rgb: np.ndarray) -> PdqHash:
     """The PDQ hash of an HxWx3 uint8 image."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.dtype} of shape {rgb.shape}")
     height, width = rgb.shape[:2]
     if min(height, width) < MIN_SIDE:
         return PdqHash(hex="0" * (HASH_BITS // 4), quality=0)

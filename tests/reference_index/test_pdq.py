@@ -109,7 +109,7 @@ def odd_sizes() -> list[npt.NDArray[np.uint8]]:
 
 
 def test_hashes_and_qualities_are_the_reference_implementations() -> None:
-    """The matrix form gives Meta's reference hash and quality bit for bit, whatever the
+    """reference_index.pdq gives Meta's reference hash and quality bit for bit, whatever the
     image's size; so an exemplar hashed by either matches the same queries."""
     for rgb in odd_sizes():
         assert pdq.compute_array(rgb) == reference_hash(rgb), rgb.shape
@@ -121,6 +121,21 @@ def test_flat_and_tiny_images_hash_as_the_reference_does() -> None:
     assert pdq.compute_array(flat).quality == reference_hash(flat).quality == 0
     tiny = photo("coffee")[:4, :100]
     assert pdq.compute_array(tiny) == reference_hash(tiny) == pdq.PdqHash("0" * 64, 0)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        pytest.param(photo("camera"), id="grey-2d"),
+        pytest.param(np.dstack([photo("coffee"), photo("coffee")[..., :1]]), id="four-channels"),
+        pytest.param(photo("coffee").astype(np.float32), id="float"),
+    ],
+)
+def test_only_rgb_bytes_are_hashed(array: npt.NDArray[np.generic]) -> None:
+    """Anything but HxWx3 uint8 is refused rather than hashed as something else (decode_rgb
+    gives every decodable image that shape)."""
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        pdq.compute_array(array)
 
 
 @pytest.mark.parametrize("name", PHOTOS)
