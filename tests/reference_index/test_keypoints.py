@@ -9,12 +9,14 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 
 import cv2
+import faiss
 import numpy as np
 import numpy.typing as npt
 import pytest
 import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 
+from reference_index import keypoints
 from reference_index.keypoints import KeypointIndex, KeypointMatch
 
 Rgb = npt.NDArray[np.uint8]
@@ -345,3 +347,22 @@ def test_an_unknown_threshold_is_refused_naming_the_valid_ones() -> None:
         KeypointIndex(min_inlier=12)
     assert "min_inlier" in str(raised.value)
     assert "min_structure" in str(raised.value)
+
+
+def test_a_descriptor_repeated_in_a_query_gets_the_neighbours_it_gets_alone() -> None:
+    """The descriptor search asks faiss about each distinct descriptor once (a grey query's
+    two channels repeat many) and hands every row its own answer, in order."""
+    rng = np.random.default_rng(3)
+    indexed = rng.integers(0, 256, (500, keypoints.DESCRIPTOR_BYTES), np.uint8)
+    index = faiss.IndexBinaryFlat(keypoints.DESCRIPTOR_BYTES * 8)
+    index.add(indexed)
+    fresh = rng.integers(0, 256, (40, keypoints.DESCRIPTOR_BYTES), np.uint8)
+    query = np.concatenate([fresh, indexed[:30], fresh[::-1], indexed[:30]])
+
+    distances, ids = keypoints._search_in_parts(index, query, 5)
+
+    expected_distances, expected_ids = index.search(query, 5)
+    assert (ids == expected_ids).all()
+    assert (distances == expected_distances).all()
+    assert (ids[40:70, 0] == np.arange(30)).all()
+    assert (distances[40:70, 0] == 0).all()
