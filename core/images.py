@@ -17,6 +17,8 @@ from core.errors import InvalidInputError
 ACCEPTED = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 # Images over this many pixels are refused before their pixels are decoded.
 DEFAULT_MAX_PIXELS = 40_000_000
+# R, G, B weights of luma (ITU-R BT.601), as PDQ and the keypoint matcher weigh them.
+LUMA = np.array([0.299, 0.587, 0.114])
 # Transparent areas are shown on white, as a viewer would show them on a page.
 _BACKGROUND = (255, 255, 255)
 # PIL's own bomb guard would refuse (or mislabel) sizes our limit allows; every untrusted

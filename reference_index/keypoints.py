@@ -64,6 +64,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.spatial import cKDTree
 
+from core.images import LUMA
+
 DESCRIPTOR_BYTES = 32  # ORB: 256-bit binary descriptors
 FORMAT_VERSION = 2
 # Below this many exemplar descriptors an exact search is fast enough and an IVF could not be
@@ -88,10 +90,9 @@ COLOUR_TOLERANCE = 40.0
 ANCHOR_RADIUS = 8
 # The recolouring check (_recolouring_error): colours with less chroma (brightest minus darkest
 # channel) than this are grey, and their hue means nothing; brightness and contrast may change
-# by a factor of 1/MIN_GAIN either way; LUMA weighs R, G, B into grey (ITU-R BT.601).
+# by a factor of 1/MIN_GAIN either way; LUMA (core.images) weighs R, G, B into grey.
 GREY_CHROMA = 25.0
 MIN_GAIN = 0.5
-LUMA = np.array([0.299, 0.587, 0.114])
 MIN_REGION_PIXELS = 16  # thumbnail pixels of a region the query must show for its colour
 # The structure check (KeypointIndex._structure): edge orientation fields compared per cell
 # of a STRUCTURE_CELLS x STRUCTURE_CELLS grid over the thumbnail, after smoothing the structure

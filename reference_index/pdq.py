@@ -23,13 +23,12 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from core.images import decode_image, to_array
+from core.images import LUMA, decode_image, to_array
 
 HASH_BITS = 256
 SAMPLES = 64  # the blurred image is sampled on a SAMPLES x SAMPLES grid
 COEFFICIENTS = 16  # DCT coefficients 1..16 along each axis make the 256 bits
 MIN_SIDE = 5  # smaller images hash to zeros with quality 0, as in the reference
-LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as in the reference
 
 Floats = npt.NDArray[np.float64]
 
