@@ -19,7 +19,10 @@ How a search works:
 4. Per candidate: a RANSAC homography, then checks that it describes a real, whole logo: enough
    distinct inliers, a high inlier ratio, the exemplar's outline projected to a convex,
    unmirrored, not collapsed or wildly skewed quad, and inliers that cover a good part of the
-   exemplar (a shared letter or corner is not the logo).
+   exemplar (a shared letter or corner is not the logo). When that homography fails the
+   checks below and throws a corner of the outline far from where an affine fit to the same
+   pairs puts it (inliers in one part of a small logo fix a homography poorly elsewhere),
+   the affine fit is judged as well.
 5. Then the query, warped back into the exemplar's frame, must look like it: its colours must
    fall into the exemplar's colour regions (_agreement), and its edges must run where the
    exemplar's do and nowhere else, cell by cell, whatever their colours (_structure). The
@@ -200,6 +203,9 @@ class KeypointThresholds:
     min_side_px: float = 12.0
     min_corner_deg: float = 30.0
     max_side_ratio: float = 4.0
+    # An affine fit is judged as well when the homography puts a corner of the outline this
+    # share of the outline's size away from where the affine fit puts it (see _verify).
+    min_thrown_corner: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -879,7 +885,8 @@ class KeypointIndex:
         matching) recovers the plain corners and edges that look alike in many logos. A
         homography from those, and a second, tighter guided pass, give the final homography.
         Then the exemplar's colour regions must explain the query's colours where it puts
-        the exemplar: a shared letter or ring with something else around it is not the logo."""
+        the exemplar: a shared letter or ring with something else around it is not the logo
+        (_judge); failing that, an affine fit to the same pairs, where the two disagree."""
         t = self.thresholds
         source, target = seeds
         if len(source) < 3:
@@ -915,12 +922,51 @@ class KeypointIndex:
             inliers = _distinct(source[inlier], target[inlier])
             if inliers < t.min_inliers:
                 return None
+        judged = self._judge(row, query, homography, quad, inliers, expected, source[inlier])
+        if judged is not None:
+            return judged
+        # Where the inliers sit in one part of the exemplar, a homography can fit them yet
+        # throw the far corners off (a small logo in a scene is then warped wrongly and fails
+        # the pixel checks); an affine map cannot. When the two put a corner of the outline
+        # far apart, the affine one is judged too. (Not when they nearly agree: that would
+        # only give a look-alike near the thresholds a second try.)
+        affine, mask = cv2.estimateAffine2D(
+            source, target, method=cv2.RANSAC, ransacReprojThreshold=t.ransac_px
+        )
+        if affine is None:
+            return None
+        affine = np.vstack([affine, [0, 0, 1]])
+        affine_quad = cv2.perspectiveTransform(corners, affine)[0]
+        thrown = np.abs(affine_quad - quad).max() / np.ptp(affine_quad, axis=0).max()
+        if thrown < t.min_thrown_corner or not _outline_ok(affine_quad, t):
+            return None
+        inlier = mask.ravel().astype(bool)
+        inliers = _distinct(source[inlier], target[inlier])
+        if inliers < t.min_inliers:
+            return None
+        return self._judge(row, query, affine, affine_quad, inliers, expected, source[inlier])
+
+    def _judge(
+        self,
+        row: int,
+        query: _Query,
+        homography: Array,
+        quad: Array,
+        inliers: int,
+        expected: int,
+        anchors: Array,
+    ) -> KeypointMatch | None:
+        """The match the homography (exemplar `row` -> the query's working frame, projecting
+        the outline to `quad`, with `inliers` distinct inliers at `anchors` in the exemplar of
+        `expected` features the query could show) describes, if the query there looks like
+        the exemplar: the coverage, appearance, structure and pixel checks; else None."""
+        t = self.thresholds
         coverage = inliers / max(expected, 1)
         if coverage < t.min_coverage:
             return None
         warped, inside = self._warp(row, homography, query)
         structure, shown = self._structure(row, warped, inside)
-        residual = self._residual(row, warped, inside, source[inlier])
+        residual = self._residual(row, warped, inside, anchors)
         if residual.recolouring > t.max_recolouring or shown < t.min_shown:
             return None
         whole = (

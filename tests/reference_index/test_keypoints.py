@@ -144,6 +144,32 @@ def test_a_tilted_logo_whose_features_sit_in_one_corner_is_found(
     assert top(index.search(tilted)) == "asset-arcs"
 
 
+def test_a_small_sign_whose_features_sit_in_one_part_is_found_where_it_is() -> None:
+    # Two rings and a bar in one part of a plain sign, the sign 102 pixels wide in a photo:
+    # the homography fitted to its features throws the sign's far corners off (the warp then
+    # shows the photo where the sign is, and the pixel checks fail it); the affine fit is
+    # judged too and finds it.
+    image = Image.new("RGB", (324, 328), (210, 110, 196))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((202.4, 136.6, 294.9, 229.1), outline=(24, 135, 89), width=13)
+    draw.rectangle((157.7, 264.9, 208.8, 280.2), fill=(24, 135, 89))
+    draw.ellipse((216.3, 157.4, 297.8, 238.9), outline=(24, 135, 89), width=12)
+    sign = np.asarray(image)
+    index = KeypointIndex.build(
+        [*((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()), ("e", "asset-sign", sign)]
+    )
+    scene = photo("coffee").copy()
+    x, y, w, h = 600, 500, 102, 103
+    scene[y : y + h, x : x + w] = np.asarray(
+        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
+    )
+
+    matches = index.search(scene)
+
+    assert [m.asset_id for m in matches] == ["asset-sign"]
+    assert iou(matches[0].box, (x, y, x + w, y + h)) > 0.8
+
+
 def test_a_recoloured_copy_whose_luma_edges_vanish_is_found() -> None:
     """Blue shapes on grey, hues rotated by a third: the shapes turn red, as bright (luma) as
     the grey, so only the lightness channel still shows them."""
