@@ -15,7 +15,8 @@ How a search works:
    big enough to train one. Exemplars are never compared one at a time.
 3. Each correspondence votes for (exemplar, rotation, scale) from the two keypoints' angles
    and sizes; a true logo puts many votes in one cell, chance matches scatter. The best cells
-   are candidates.
+   are candidates, up to two distinct poses of one exemplar (a logo with round or repeated
+   shapes also matches itself turned, and that pose can outvote the true one).
 4. Per candidate: a RANSAC homography, then checks that it describes a real, whole logo: enough
    distinct inliers, a high inlier ratio, the exemplar's outline projected to a convex,
    unmirrored, not collapsed or wildly skewed quad, and inliers that cover a good part of the
@@ -112,6 +113,7 @@ GUIDED_ANGLE_BINS = 12
 NEAR_FEATURES = 64  # per orientation bin, see _near
 LOG2_SCALE_BIN = 1.0  # factor 2 per scale bin
 POSES = 64 * 65536  # scale bins x position cells, see KeypointIndex._candidates
+POSES_PER_EXEMPLAR = 2  # see KeypointIndex._candidates
 
 Array = npt.NDArray[Any]
 # A search's independent parts (the two channels' features, halves of the descriptor batch,
@@ -818,13 +820,19 @@ class KeypointIndex:
 
     def _candidates(self, query: Array, exemplar: Array, owner: Array) -> list[tuple[int, Array]]:
         """(exemplar row, indices of its correspondences) for the exemplars with the most
-        correspondences agreeing on one pose, best first, one pose each (Lowe's Hough voting).
+        correspondences agreeing on one pose, best first (Lowe's Hough voting).
 
         Each correspondence (query and exemplar keypoint geometry, owning exemplar) predicts a
         rotation, a scale and where the exemplar's centre lands in the query, and votes for
         the two nearest rotation bins and the two nearest scale bins, so a pose on a bin edge
         is not split in two. A logo shown in the query puts many votes in one cell; chance
-        matches, even many into one exemplar, scatter."""
+        matches, even many into one exemplar, scatter.
+
+        An exemplar gets up to POSES_PER_EXEMPLAR candidates, each a distinct pose: discs,
+        rings and stars match themselves turned, so a symmetric logo's turned pose can outvote
+        its true one (verification rejects the turned pose; the true one must get its turn).
+        A cell next to one already taken (see _same_pose), or one whose correspondences are
+        mostly a taken candidate's, is the same pose again."""
         t = self.thresholds
         if not len(owner):
             return []
@@ -852,17 +860,19 @@ class KeypointIndex:
         by_owner = np.argsort(owner, kind="stable")
         owners_sorted = owner[by_owner]
         candidates: list[tuple[int, Array]] = []
-        seen: set[int] = set()
+        # Per exemplar, the poses (voting cells) taken and their correspondences.
+        taken: dict[int, list[tuple[tuple[int, int, int, int], Array]]] = {}
         for cell in np.argsort(-counts, kind="stable"):
             if counts[cell] < t.min_votes or len(candidates) >= t.max_candidates:
                 break
             row, rest = divmod(int(unique[cell]), ANGLE_BINS * POSES)
-            if row in seen:
-                continue
-            seen.add(row)
             angle_bin, rest = divmod(rest, POSES)
             scale_bin, rest = divmod(rest, 65536)
             x_bin, y_bin = divmod(rest, 256)
+            pose = (angle_bin, scale_bin, x_bin, y_bin)
+            previous = taken.setdefault(row, [])
+            if len(previous) >= POSES_PER_EXEMPLAR or any(_same_pose(pose, p) for p, _ in previous):
+                continue
             # The cell's correspondences and those in the neighbouring position cells.
             start, stop = np.searchsorted(owners_sorted, [row, row + 1])
             mine = by_owner[start:stop]
@@ -872,7 +882,11 @@ class KeypointIndex:
                 & (np.abs(x_bins[mine, None, :] + 128 - x_bin) <= 1)
                 & (np.abs(y_bins[mine, None, :] + 128 - y_bin) <= 1)
             ).any(axis=(1, 2))
-            candidates.append((row, np.sort(mine[near])))
+            members = np.sort(mine[near])
+            if any(np.isin(members, m).mean() >= 0.5 for _, m in previous):
+                continue
+            previous.append((pose, members))
+            candidates.append((row, members))
         return candidates
 
     def _verify(self, row: int, seeds: tuple[Array, Array], query: _Query) -> KeypointMatch | None:
@@ -1362,6 +1376,19 @@ def _one_openmp_thread() -> None:
     (or beside other searches) those threads wait on each other and a 30 ms search takes
     150-300 ms. The OpenMP thread count is per calling thread: this is the worker's alone."""
     faiss.omp_set_num_threads(1)
+
+
+def _same_pose(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two (angle, scale, x, y) voting cells of one exemplar are one pose: each vote
+    goes to two neighbouring angle and scale bins, and a pose's votes spread over
+    neighbouring position cells."""
+    turn = abs(a[0] - b[0]) % ANGLE_BINS
+    return (
+        min(turn, ANGLE_BINS - turn) <= 1
+        and abs(a[1] - b[1]) <= 1
+        and abs(a[2] - b[2]) <= 1
+        and abs(a[3] - b[3]) <= 1
+    )
 
 
 def _two_nearest(values: Array) -> Array:

@@ -170,6 +170,27 @@ def test_a_small_sign_whose_features_sit_in_one_part_is_found_where_it_is() -> N
     assert iou(matches[0].box, (x, y, x + w, y + h)) > 0.8
 
 
+def test_a_logo_that_also_matches_itself_turned_is_found_in_its_own_pose() -> None:
+    # Two discs and a "0": turned half round, the discs' edges still match one another, and
+    # that pose can get more votes than the true one. Both are verified.
+    image = Image.new("RGB", (300, 280), (121, 131, 193))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((25.0, 10.9, 141.9, 127.8), fill=(243, 8, 36))
+    draw.ellipse((18.8, 126.3, 160.8, 268.3), fill=(243, 8, 36))
+    draw.text((230, 150), "0", fill=(243, 8, 36), font=ImageFont.load_default(size=72))
+    discs = np.asarray(image)
+    index = KeypointIndex.build(
+        [*((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()), ("e", "asset-discs", discs)]
+    )
+    noise = np.random.default_rng(1).normal(0, 10, discs.shape)
+    noisy = np.clip(discs + noise, 0, 255).astype(np.uint8)
+
+    matches = index.search(noisy)
+
+    assert [m.asset_id for m in matches] == ["asset-discs"]
+    assert iou(matches[0].box, (0, 0, 300, 280)) > 0.9
+
+
 def test_a_recoloured_copy_whose_luma_edges_vanish_is_found() -> None:
     """Blue shapes on grey, hues rotated by a third: the shapes turn red, as bright (luma) as
     the grey, so only the lightness channel still shows them."""
