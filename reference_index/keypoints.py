@@ -424,6 +424,14 @@ def _homography(
         quad = cv2.perspectiveTransform(corners, found)[0]
         if _outline_ok(quad, t):
             return found, mask.ravel().astype(bool), quad
+    return _affine(source, target, corners, t)
+
+
+def _affine(
+    source: Array, target: Array, corners: Array, t: KeypointThresholds
+) -> tuple[Array, Array, Array] | None:
+    """(affine map as a 3x3 homography, inlier mask, projected outline) from pairs, or None
+    when RANSAC finds none or the outline it projects is not plausible."""
     affine, mask = cv2.estimateAffine2D(
         source, target, method=cv2.RANSAC, ransacReprojThreshold=t.ransac_px
     )
@@ -947,17 +955,13 @@ class KeypointIndex:
         # (Not when they nearly agree: that would only give a look-alike near the thresholds
         # a second try; nor when the affine one explains fewer pairs: that cut a check's
         # time by ~5% on the benchmark and changed no result there.)
-        affine, mask = cv2.estimateAffine2D(
-            source, target, method=cv2.RANSAC, ransacReprojThreshold=t.ransac_px
-        )
-        if affine is None:
+        fitted = _affine(source, target, corners, t)
+        if fitted is None:
             return None
-        affine = np.vstack([affine, [0, 0, 1]])
-        affine_quad = cv2.perspectiveTransform(corners, affine)[0]
+        affine, affine_inlier, affine_quad = fitted
         thrown = np.abs(affine_quad - quad).max() / np.ptp(affine_quad, axis=0).max()
-        if thrown < t.min_thrown_corner or not _outline_ok(affine_quad, t):
+        if thrown < t.min_thrown_corner:
             return None
-        affine_inlier = mask.ravel().astype(bool)
         affine_inliers = _distinct(source[affine_inlier], target[affine_inlier])
         if affine_inliers < max(t.min_inliers, inliers):
             return None
