@@ -17,6 +17,11 @@ How a search works:
    and sizes; a true logo puts many votes in one cell, chance matches scatter. The best cells
    are candidates, up to two distinct poses of one exemplar (a logo with round or repeated
    shapes also matches itself turned, and that pose can outvote the true one).
+   Besides, the query may be a copy of an exemplar as a whole: a simple logo with a part
+   covered can be left with plain corners that many logos share, which win no votes. The
+   exemplars of the query's aspect ratio whose colour layout agrees best with it are
+   candidates too, at that pose; they go straight to the checks of steps 5 and 6, with the
+   pairs guided matching finds at that pose as inliers.
 4. Per candidate: a RANSAC homography, then checks that it describes a real, whole logo: enough
    distinct inliers, a high inlier ratio, the exemplar's outline projected to a convex,
    unmirrored, not collapsed or wildly skewed quad, and inliers that cover a good part of the
@@ -114,6 +119,12 @@ NEAR_FEATURES = 64  # per orientation bin, see _near
 LOG2_SCALE_BIN = 1.0  # factor 2 per scale bin
 POSES = 64 * 65536  # scale bins x position cells, see KeypointIndex._candidates
 POSES_PER_EXEMPLAR = 2  # see KeypointIndex._candidates
+# The whole-image hypothesis (KeypointIndex._whole_image_candidates): each exemplar's colour
+# layout on a LAYOUT_SIDE x LAYOUT_SIDE grid (cells of ~20 pixels of an exemplar); an
+# exemplar is a copy candidate of a query whose aspect ratio is within LAYOUT_ASPECT of its
+# own (resizing keeps it, up to rounding).
+LAYOUT_SIDE = 16
+LAYOUT_ASPECT = 0.03
 
 Array = npt.NDArray[Any]
 # A search's independent parts (the two channels' features, halves of the descriptor batch,
@@ -209,6 +220,12 @@ class KeypointThresholds:
     # share of the outline's size away from where the affine fit puts it, and the affine fit
     # has as many inliers (see _verify).
     min_thrown_corner: float = 0.25
+    # A query that is an exemplar as a whole (its copy, resized, recompressed or partly
+    # covered) is verified at that pose for the whole_candidates exemplars whose colour
+    # layouts agree best with it, on at least min_layout of the grid's cells (see
+    # _whole_image_candidates).
+    whole_candidates: int = 2
+    min_layout: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -444,14 +461,20 @@ def _affine(
     return None
 
 
+def _fitted(size: tuple[float, float]) -> tuple[int, int]:
+    """(width, height) of an exemplar of `size` in the LABEL_SIDE thumbnail frame, placed at
+    its top left corner."""
+    w, h = size
+    fit = LABEL_SIDE / max(w, h)
+    return max(1, round(w * fit)), max(1, round(h * fit))
+
+
 def _colour_regions(rgb: Array, size: tuple[float, float]) -> Array:
     """(LABEL_SIDE, LABEL_SIDE) uint8: the exemplar's colour cluster at each thumbnail pixel,
     NO_LABEL on region boundaries and where the (non-square) exemplar does not reach.
     Deterministic k-means on a quarter-size copy: the centres start at the colours farthest
     from those already picked."""
-    w, h = size
-    fit = LABEL_SIDE / max(w, h)
-    tw, th = max(1, round(w * fit)), max(1, round(h * fit))
+    tw, th = _fitted(size)
     thumbnail = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA).reshape(-1, 3)
     pixels = thumbnail.astype(np.float64)
     sample = cv2.resize(rgb, (max(1, tw // 2), max(1, th // 2)), interpolation=cv2.INTER_AREA)
@@ -487,14 +510,21 @@ def _colour_regions(rgb: Array, size: tuple[float, float]) -> Array:
 def _thumbnail(rgb: Array, size: tuple[float, float]) -> Array:
     """(LABEL_SIDE, LABEL_SIDE, 3) uint8: the exemplar placed as in _colour_regions, the rest
     filled by repeating its edge pixels (no edge where it ends)."""
-    w, h = size
-    fit = LABEL_SIDE / max(w, h)
-    tw, th = max(1, round(w * fit)), max(1, round(h * fit))
+    tw, th = _fitted(size)
     small = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)
     thumbnail: Array = cv2.copyMakeBorder(
         small, 0, LABEL_SIDE - th, 0, LABEL_SIDE - tw, cv2.BORDER_REPLICATE
     )
     return thumbnail
+
+
+def _layout(rgb: Array) -> Array:
+    """(LAYOUT_SIDE, LAYOUT_SIDE, 3) float32: the image's mean colour in each cell of a grid
+    stretched over it, whatever its aspect ratio."""
+    layout: Array = cv2.resize(
+        rgb, (LAYOUT_SIDE, LAYOUT_SIDE), interpolation=cv2.INTER_AREA
+    ).astype(np.float32)
+    return layout
 
 
 def _tensor(rgb: Array) -> tuple[Array, Array]:
@@ -656,6 +686,8 @@ class KeypointIndex:
         self._sizes: list[tuple[float, float]] = []  # (w, h) after scaling to exemplar_side
         self._labels: list[Array] = []  # colour regions, see _colour_regions
         self._thumbnails: list[Array] = []  # colour thumbnails, see _thumbnail
+        self._layouts: list[Array] = []  # colour layouts, see _whole_image_candidates
+        self._stacked_layouts: tuple[Array, Array] | None = None  # layouts, log aspect ratios
         self._chunks: list[tuple[Array, Array, Array]] = []  # descriptors, geometry, owner
         self._joined: tuple[Array, Array, Array] | None = None
         self._index: Any = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
@@ -703,6 +735,8 @@ class KeypointIndex:
         self._sizes.append((float(size[0]), float(size[1])))
         self._labels.append(_colour_regions(_rgb(rgb), self._sizes[-1]))
         self._thumbnails.append(_thumbnail(_rgb(rgb), self._sizes[-1]))
+        self._layouts.append(self._exemplar_layout(row))
+        self._stacked_layouts = None
         if features is None:  # a flat exemplar: recorded, but nothing can match it
             return _NO_DESCRIPTORS
         owner = np.full(len(features.descriptors), row, dtype=np.int32)
@@ -818,10 +852,19 @@ class KeypointIndex:
             cv2.setRNGSeed(0)
             return self._verify(exemplar, seeds, query)
 
+        matches = [m for m in _workers().map(verify, candidates) if m is not None]
+        # A copy whose features were found needs no second look as a whole.
+        matched = {m.asset_id for m in matches}
+        whole = [
+            r for r in self._whole_image_candidates(query) if self._asset_ids[r] not in matched
+        ]
+        matches += [
+            m
+            for m in _workers().map(lambda r: self._verify_whole(r, query), whole)
+            if m is not None
+        ]
         found: dict[str, KeypointMatch] = {}
-        for match in _workers().map(verify, candidates):
-            if match is None:
-                continue
+        for match in matches:
             best = found.get(match.asset_id)
             if best is None or match.score > best.score:
                 found[match.asset_id] = match
@@ -922,8 +965,7 @@ class KeypointIndex:
         seed_inliers = mask.ravel().astype(bool)
         if _distinct(source[seed_inliers], target[seed_inliers]) < t.min_seed_inliers:
             return None
-        w, h = self._sizes[row]
-        corners = np.array([[[0, 0], [w, 0], [w, h], [0, h]]], dtype=np.float64)
+        corners = self._corners(row)
         homography = np.vstack([affine, [0, 0, 1]])
         quad = cv2.perspectiveTransform(corners, homography)[0]
         if not _outline_ok(quad, t):
@@ -968,6 +1010,24 @@ class KeypointIndex:
         return self._judge(
             row, query, affine, affine_quad, affine_inliers, expected, source[affine_inlier]
         )
+
+    def _verify_whole(self, row: int, query: _Query) -> KeypointMatch | None:
+        """A match if the query as a whole is a copy of the exemplar in `row` (see
+        _whole_image_candidates), else None. The pose is given, the exemplar's frame
+        stretched over the query's: the pairs are the exemplar features with a like query
+        feature within ransac_px of where it puts them. (A homography fitted to the few
+        plain corners a covered copy may keep is worse than that pose.)"""
+        t = self.thresholds
+        w, h = self._sizes[row]
+        height, width = query.colour.shape[:2]
+        stretch = np.diag([width / w, height / h, 1.0])
+        exemplar, pairs, expected = self._guided_pairs(row, stretch, query, t.ransac_px)
+        source = exemplar.geometry[pairs[:, 0], :2]
+        inliers = _distinct(source, query.features.geometry[pairs[:, 1], :2])
+        if inliers < t.min_inliers:
+            return None
+        quad = cv2.perspectiveTransform(self._corners(row), stretch)[0]
+        return self._judge(row, query, stretch, quad, inliers, expected, source)
 
     def _judge(
         self,
@@ -1023,6 +1083,51 @@ class KeypointIndex:
             score=round(float(score), 4),
             box=(int(x0), int(y0), int(x1), int(y1)),
         )
+
+    def _corners(self, row: int) -> Array:
+        """(1, 4, 2) float64: the outline of exemplar `row`, counter-clockwise from the top
+        left, as cv2.perspectiveTransform takes points."""
+        w, h = self._sizes[row]
+        return np.array([[[0, 0], [w, 0], [w, h], [0, h]]], np.float64)
+
+    def _exemplar_layout(self, row: int) -> Array:
+        """Exemplar `row`'s colour layout (see _layout), from its thumbnail: the same whether
+        the index was built or loaded."""
+        width, height = _fitted(self._sizes[row])
+        return _layout(self._thumbnails[row][:height, :width])
+
+    def _layout_arrays(self) -> tuple[Array, Array]:
+        """Every exemplar's colour layout, stacked, and the log of its aspect ratio."""
+        if self._stacked_layouts is None:
+            sizes = np.asarray(self._sizes, np.float64).reshape(-1, 2)
+            layouts = np.array(self._layouts, np.float32)
+            self._stacked_layouts = (
+                layouts.reshape(-1, LAYOUT_SIDE, LAYOUT_SIDE, 3),
+                np.log(sizes[:, 0] / sizes[:, 1]),
+            )
+        return self._stacked_layouts
+
+    def _whole_image_candidates(self, query: _Query) -> list[int]:
+        """Exemplar rows the query may be a copy of as a whole, best first.
+
+        A simple logo with a part covered can be left with plain corners and edges that many
+        other logos have too: the descriptor index returns those logos' features for them,
+        and no pose of the right one gets the votes. A copy still has the exemplar's colour
+        in each cell of a grid stretched over it wherever it is not covered, which other
+        images of that aspect ratio rarely have. The whole_candidates exemplars of about the
+        query's aspect ratio (LAYOUT_ASPECT) whose layouts agree with the query's on the most
+        cells (within COLOUR_TOLERANCE), at least min_layout of them, are verified at that
+        pose like any candidate: the checks decide, not this shortlist."""
+        t = self.thresholds
+        layouts, aspects = self._layout_arrays()
+        height, width = query.colour.shape[:2]
+        near = np.flatnonzero(np.abs(aspects - np.log(width / height)) <= LAYOUT_ASPECT)
+        if not len(near):
+            return []
+        distance = np.linalg.norm(layouts[near] - _layout(query.colour), axis=3)
+        agreeing = (distance < COLOUR_TOLERANCE).mean(axis=(1, 2))
+        best = np.argsort(-agreeing, kind="stable")[: t.whole_candidates]
+        return [int(near[i]) for i in best if agreeing[i] >= t.min_layout]
 
     def _guided_pairs(
         self, row: int, homography: Array, query: _Query, radius: float
@@ -1083,13 +1188,11 @@ class KeypointIndex:
         """The query where the homography puts exemplar `row`, resampled into the exemplar's
         (LABEL_SIDE, LABEL_SIDE) thumbnail frame: (colour (s, s, 3) uint8, inside (s, s) bool,
         where the query reaches)."""
-        w, h = self._sizes[row]
-        fit = LABEL_SIDE / max(w, h)
+        fit = LABEL_SIDE / max(self._sizes[row])
         # Query pixels -> label pixels, after shrinking the query near the label map's size
         # so the warp averages rather than skips pixels.
         to_labels = np.diag([fit, fit, 1.0]) @ np.linalg.inv(homography)
-        corners = np.array([[[0, 0], [w, 0], [w, h], [0, h]]], np.float64)
-        extent = np.ptp(cv2.perspectiveTransform(corners, homography)[0], axis=0).max()
+        extent = np.ptp(cv2.perspectiveTransform(self._corners(row), homography)[0], axis=0).max()
         shrink = min(1.0, 2.0 * LABEL_SIDE / max(extent, 1.0))
         colour = query.colour
         if shrink < 0.9:
@@ -1105,9 +1208,7 @@ class KeypointIndex:
         """(extent, seen), (s, s) float32 0/1 masks over exemplar `row`'s thumbnail frame:
         where the exemplar is, and where the query shows it, both STRUCTURE_MARGIN pixels
         in from the outline (the query has an edge there, the exemplar's frame does not)."""
-        w, h = self._sizes[row]
-        fit = LABEL_SIDE / max(w, h)
-        tw, th = max(1, round(w * fit)), max(1, round(h * fit))
+        tw, th = _fitted(self._sizes[row])
         m = STRUCTURE_MARGIN
         extent = np.zeros((LABEL_SIDE, LABEL_SIDE), np.float32)
         extent[m : th - m, m : tw - m] = 1
@@ -1343,6 +1444,7 @@ class KeypointIndex:
             index._sizes = [(float(w), float(h)) for w, h in data["sizes"]]
             index._labels = list(data["labels"])
             index._thumbnails = list(data["thumbnails"])
+            index._layouts = [index._exemplar_layout(row) for row in range(len(index._sizes))]
             joined = (data["descriptors"], data["geometry"], data["owner"])
             index._index = faiss.deserialize_index_binary(data["faiss_index"])
         if len(joined[0]):

@@ -289,6 +289,39 @@ def test_a_copy_with_a_third_covered_by_a_photo_is_found(
     assert top(index.search(covered)) == asset
 
 
+def bars_and_letter(bars: list[tuple[float, float, float, float]]) -> Rgb:
+    image = Image.new("RGB", (300, 360), (120, 250, 40))
+    draw = ImageDraw.Draw(image)
+    for box in bars:
+        draw.rectangle(box, fill=(70, 0, 140))
+    draw.text((180, 80), "S", fill=(200, 80, 120), font=ImageFont.load_default(size=60))
+    return np.asarray(image)
+
+
+def test_a_plain_logo_with_its_letter_covered_is_found_as_a_whole() -> None:
+    # Two bars and a letter, the letter hidden by a photo: what is left, eight plain corners
+    # that look alike, gives no pose of the logo enough votes. The query is the exemplar as a
+    # whole, though (its colour layout says so), and at that pose the checks find it.
+    sign = bars_and_letter([(30, 140, 130, 170), (110, 230, 230, 262)])
+    exemplars = [
+        *((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()),
+        ("e", "asset-bars", sign),
+    ]
+    index = KeypointIndex.build(exemplars)
+    covered = sign.copy()
+    covered[50:190, 150:290] = photo("astronaut", side=512)[:140, :140]  # 18% of it
+
+    matches = index.search(covered)
+
+    assert [m.asset_id for m in matches] == ["asset-bars"]
+    assert iou(matches[0].box, (0, 0, 300, 360)) > 0.95
+    assert KeypointIndex.build(exemplars, whole_candidates=0).search(covered) == []
+    # Its colours and size with the bars elsewhere: the layout agrees on most cells, the
+    # checks at that pose do not.
+    moved = bars_and_letter([(30, 40, 130, 70), (150, 280, 270, 312)])
+    assert index.search(moved) == []
+
+
 def test_a_cover_hiding_most_of_a_colour_region_does_not_take_its_place() -> None:
     # One yellow region: a big disc and a small quadrilateral. A grey photo hides nine tenths
     # of the disc, so most of the region's pixels in the query are the photo's; the region's
