@@ -41,7 +41,9 @@ How a search works:
    unexplained. A copy partly covered by something else fails the coarser checks of step 5,
    so when the blob set aside (filled to its convex hull) covers 10-60% of it and mostly shows
    colours foreign to the exemplar (something in front of it, not a look-alike's missing
-   shape showing the background), a near-perfect match of the rest is enough on its own.
+   shape showing the background), a near-perfect match of the rest is enough on its own,
+   with the share of features found judged against what the cover leaves (the features
+   under it cannot be found).
    Either way, the colours of the regions shown outside that blob must be one recolouring
    of the exemplar's (_recolouring_error): a hue rotation, grey, a change of light. A copy is
    recoloured as a whole; a look-alike sharing a shape or two has a palette of its own.
@@ -176,7 +178,8 @@ class KeypointThresholds:
     seed_px: float = 6.0
     guided_px: float = 8.0
     # A match needs this many inliers (at distinct positions) after guided matching, making up
-    # this share of the exemplar features the query could show.
+    # this share of the exemplar features the query could show (of a partly covered copy:
+    # this share of the part not covered, see _judge).
     min_inliers: int = 12
     min_coverage: float = 0.1
     # ... and the exemplar's colour regions must explain this share of the colour variance of
@@ -1045,27 +1048,36 @@ class KeypointIndex:
         the exemplar: the coverage, appearance, structure and pixel checks; else None."""
         t = self.thresholds
         coverage = inliers / max(expected, 1)
-        if coverage < t.min_coverage:
+        # A cover hides its share of the features: until the pixel checks say how much of
+        # the exemplar is covered, only a coverage that no cover explains is refused.
+        if coverage < t.min_coverage * (1 - t.max_covered):
             return None
         warped, inside = self._warp(row, homography, query)
-        structure, shown = self._structure(row, warped, inside)
         residual = self._residual(row, warped, inside, anchors)
-        if residual.recolouring > t.max_recolouring or shown < t.min_shown:
+        if residual.recolouring > t.max_recolouring:
+            return None
+        partly_covered = (
+            t.min_covered <= residual.covered <= t.max_covered
+            and coverage >= t.min_coverage * (1 - residual.covered)
+            and residual.foreign >= t.min_foreign_covered
+            and residual.colours >= t.min_colours_covered
+            and residual.edges_found >= t.min_edges_found_covered
+            and residual.edges_explained >= t.min_edges_explained_covered
+        )
+        # Below min_coverage only a partly covered copy can pass: the rest need no edge checks.
+        if coverage < t.min_coverage and not partly_covered:
+            return None
+        structure, shown = self._structure(row, warped, inside)
+        if shown < t.min_shown:
             return None
         whole = (
-            self._agreement(row, warped, inside) >= t.min_agreement
+            coverage >= t.min_coverage
+            and self._agreement(row, warped, inside) >= t.min_agreement
             and structure >= t.min_structure
             and coverage * structure >= t.min_evidence
             and residual.colours >= t.min_colours
             and residual.edges_found >= t.min_edges_found
             and residual.edges_explained >= t.min_edges_explained
-        )
-        partly_covered = (
-            t.min_covered <= residual.covered <= t.max_covered
-            and residual.foreign >= t.min_foreign_covered
-            and residual.colours >= t.min_colours_covered
-            and residual.edges_found >= t.min_edges_found_covered
-            and residual.edges_explained >= t.min_edges_explained_covered
         )
         if not (whole or partly_covered):
             return None

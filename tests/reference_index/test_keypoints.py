@@ -289,12 +289,17 @@ def test_a_copy_with_a_third_covered_by_a_photo_is_found(
     assert top(index.search(covered)) == asset
 
 
-def bars_and_letter(bars: list[tuple[float, float, float, float]]) -> Rgb:
+def bars_and_letters(
+    bars: list[tuple[float, float, float, float]],
+    letters: str = "S",
+    size: int = 60,
+    at: tuple[int, int] = (180, 80),
+) -> Rgb:
     image = Image.new("RGB", (300, 360), (120, 250, 40))
     draw = ImageDraw.Draw(image)
     for box in bars:
         draw.rectangle(box, fill=(70, 0, 140))
-    draw.text((180, 80), "S", fill=(200, 80, 120), font=ImageFont.load_default(size=60))
+    draw.text(at, letters, fill=(200, 80, 120), font=ImageFont.load_default(size=size))
     return np.asarray(image)
 
 
@@ -302,7 +307,7 @@ def test_a_plain_logo_with_its_letter_covered_is_found_as_a_whole() -> None:
     # Two bars and a letter, the letter hidden by a photo: what is left, eight plain corners
     # that look alike, gives no pose of the logo enough votes. The query is the exemplar as a
     # whole, though (its colour layout says so), and at that pose the checks find it.
-    sign = bars_and_letter([(30, 140, 130, 170), (110, 230, 230, 262)])
+    sign = bars_and_letters([(30, 140, 130, 170), (110, 230, 230, 262)])
     exemplars = [
         *((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()),
         ("e", "asset-bars", sign),
@@ -318,8 +323,23 @@ def test_a_plain_logo_with_its_letter_covered_is_found_as_a_whole() -> None:
     assert KeypointIndex.build(exemplars, whole_candidates=0).search(covered) == []
     # Its colours and size with the bars elsewhere: the layout agrees on most cells, the
     # checks at that pose do not.
-    moved = bars_and_letter([(30, 40, 130, 70), (150, 280, 270, 312)])
+    moved = bars_and_letters([(30, 40, 130, 70), (150, 280, 270, 312)])
     assert index.search(moved) == []
+
+
+def test_a_copy_whose_covered_part_held_most_of_its_features_is_found() -> None:
+    # Four letters give most of the sign's features. Covered, they leave the bars' corners:
+    # under a tenth of the features the exemplar has there (min_coverage), but a cover
+    # hides its share of them, and the pixel checks find about a quarter covered.
+    bars = [(30, 140, 130, 170), (110, 230, 230, 262)]
+    sign = bars_and_letters(bars, "SQXZ", size=44, at=(140, 70))
+    index = KeypointIndex.build(
+        [*((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()), ("e", "asset-bars", sign)]
+    )
+    covered = sign.copy()
+    covered[50:150, 130:300] = photo("astronaut", side=512)[:100, :170]  # 16% of it
+
+    assert top(index.search(covered)) == "asset-bars"
 
 
 def test_a_cover_hiding_most_of_a_colour_region_does_not_take_its_place() -> None:
