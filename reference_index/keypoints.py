@@ -977,9 +977,13 @@ class KeypointIndex:
         radius = max(t.guided_px, 0.08 * np.ptp(quad, axis=0).max())
         inliers = 0
         expected = 0
-        for search_radius in (radius, t.guided_px):
+        # The first, wider pass only refines the seeds' pose (a tilted logo's far features
+        # are found once a homography bends the affine guess); the second, tight one must
+        # show the logo: it needs min_inliers, the first only as many as the seeds.
+        passes = ((radius, t.min_seed_inliers), (t.guided_px, t.min_inliers))
+        for search_radius, needed in passes:
             exemplar, pairs, expected = self._guided_pairs(row, homography, query, search_radius)
-            if len(pairs) < t.min_inliers:
+            if len(pairs) < needed:
                 return None
             source = exemplar.geometry[pairs[:, 0], :2]
             target = query.features.geometry[pairs[:, 1], :2]
@@ -988,7 +992,7 @@ class KeypointIndex:
                 return None
             homography, inlier, quad = fitted
             inliers = _distinct(source[inlier], target[inlier])
-            if inliers < t.min_inliers:
+            if inliers < needed:
                 return None
         judged = self._judge(row, query, homography, quad, inliers, expected, source[inlier])
         if judged is not None:
