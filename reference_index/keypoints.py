@@ -690,6 +690,7 @@ class KeypointIndex:
         self._labels: list[Array] = []  # colour regions, see _colour_regions
         self._thumbnails: list[Array] = []  # colour thumbnails, see _thumbnail
         self._layouts: list[Array] = []  # colour layouts, see _whole_image_candidates
+        self._edge_maps: list[tuple[Array, float]] = []  # see _edge_map
         self._stacked_layouts: tuple[Array, Array] | None = None  # layouts, log aspect ratios
         self._chunks: list[tuple[Array, Array, Array]] = []  # descriptors, geometry, owner
         self._joined: tuple[Array, Array, Array] | None = None
@@ -739,6 +740,7 @@ class KeypointIndex:
         self._labels.append(_colour_regions(_rgb(rgb), self._sizes[-1]))
         self._thumbnails.append(_thumbnail(_rgb(rgb), self._sizes[-1]))
         self._layouts.append(self._exemplar_layout(row))
+        self._edge_maps.append(self._edge_map(row))
         self._stacked_layouts = None
         if features is None:  # a flat exemplar: recorded, but nothing can match it
             return _NO_DESCRIPTORS
@@ -1112,6 +1114,16 @@ class KeypointIndex:
         width, height = _fitted(self._sizes[row])
         return _layout(self._thumbnails[row][:height, :width])
 
+    def _edge_map(self, row: int) -> tuple[Array, float]:
+        """Exemplar `row`'s edges for _residual: (where its thumbnail's edge strength, see
+        _edges, is over a quarter of the strongest within the exemplar; that strongest).
+        Made once per exemplar: a search asks for them about six times."""
+        everywhere = np.ones((LABEL_SIDE, LABEL_SIDE), bool)
+        extent, _ = self._extent(row, everywhere)
+        strength = _edges(self._thumbnails[row])
+        strongest = float(strength[extent > 0].max()) if (extent > 0).any() else 0.0
+        return strength > 0.25 * strongest, strongest
+
     def _layout_arrays(self) -> tuple[Array, Array]:
         """Every exemplar's colour layout, stacked, and the log of its aspect ratio."""
         if self._stacked_layouts is None:
@@ -1251,7 +1263,7 @@ class KeypointIndex:
         outside the blob are from one recolouring of the exemplar's (_recolouring_error;
         infinite when fewer than two regions are shown there)."""
         labels = self._labels[row]
-        extent, seen_mask = self._extent(row, inside)
+        _, seen_mask = self._extent(row, inside)
         seen = seen_mask > 0
         valid = seen & (labels != NO_LABEL)
         colours = warped.astype(np.float32)
@@ -1271,11 +1283,9 @@ class KeypointIndex:
             typicals.append(_typical(sample))
             distance = np.linalg.norm(colours[members] - typicals[-1], axis=1)
             explained[members] = distance < COLOUR_TOLERANCE
-        exemplar_strength = _edges(self._thumbnails[row])
+        exemplar_edges, strongest = self._edge_maps[row]
         query_strength = _edges(warped)
-        strongest = float(exemplar_strength[extent > 0].max()) if (extent > 0).any() else 0.0
         near = np.ones((5, 5), np.uint8)
-        exemplar_edges = exemplar_strength > 0.25 * strongest
         query_edges = query_strength > 0.25 * strongest
         near_exemplar = cv2.dilate(exemplar_edges.astype(np.uint8), near) > 0
         # A cover shows what the exemplar does not: other colours, or edges where the
@@ -1323,7 +1333,7 @@ class KeypointIndex:
             np.array(weights),
         )
         kept = seen & ~cover
-        exemplar_edges &= kept
+        exemplar_edges = exemplar_edges & kept  # not in place: the map is the exemplar's
         query_edges &= kept
         near_query = cv2.dilate(query_edges.astype(np.uint8), near) > 0
         near_exemplar = cv2.dilate(exemplar_edges.astype(np.uint8), near) > 0
@@ -1461,6 +1471,7 @@ class KeypointIndex:
             index._labels = list(data["labels"])
             index._thumbnails = list(data["thumbnails"])
             index._layouts = [index._exemplar_layout(row) for row in range(len(index._sizes))]
+            index._edge_maps = [index._edge_map(row) for row in range(len(index._sizes))]
             joined = (data["descriptors"], data["geometry"], data["owner"])
             index._index = faiss.deserialize_index_binary(data["faiss_index"])
         if len(joined[0]):
