@@ -16,7 +16,8 @@ How a search works:
 3. Each correspondence votes for (exemplar, rotation, scale) from the two keypoints' angles
    and sizes; a true logo puts many votes in one cell, chance matches scatter. The best cells
    are candidates, up to two distinct poses of one exemplar (a logo with round or repeated
-   shapes also matches itself turned, and that pose can outvote the true one).
+   shapes also matches itself turned, and that pose can outvote the true one), verified best
+   first until max_candidates of them have found no new logo.
    Besides, the query may be a copy of an exemplar as a whole: a simple logo with a part
    covered can be left with plain corners that many logos share, which win no votes. The
    exemplars of the query's aspect ratio whose colour layout agrees best with it are
@@ -59,11 +60,12 @@ usable keypoints (blank, tiny, flat) gives no match rather than an error.
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -167,8 +169,9 @@ class KeypointThresholds:
     max_hamming: int = 64
     hamming_slack: int = 8
     nprobe: int = 8
-    # Candidates (exemplar, rotation, scale cells) verified per query, and the votes one needs.
-    max_candidates: int = 30
+    # Candidates (exemplar, rotation, scale cells) are verified best first until this many
+    # have found no new asset (see search); a candidate needs min_votes.
+    max_candidates: int = 20
     min_votes: int = 5
     ransac_px: float = 4.0
     # A candidate's seed correspondences need this many inliers of an affine fit (within
@@ -857,7 +860,16 @@ class KeypointIndex:
             cv2.setRNGSeed(0)
             return self._verify(exemplar, seeds, query)
 
-        matches = [m for m in _workers().map(verify, candidates) if m is not None]
+        # Best first, until max_candidates have found no new asset: an image showing several
+        # logos gets one more candidate for each one found.
+        matches: list[KeypointMatch] = []
+        failed = 0
+        while batch := list(itertools.islice(candidates, t.max_candidates - failed)):
+            for match in _workers().map(verify, batch):
+                if match is None or match.asset_id in {m.asset_id for m in matches}:
+                    failed += 1
+                if match is not None:
+                    matches.append(match)
         # A copy whose features were found needs no second look as a whole.
         matched = {m.asset_id for m in matches}
         whole = [
@@ -875,9 +887,12 @@ class KeypointIndex:
                 found[match.asset_id] = match
         return sorted(found.values(), key=lambda m: (-m.score, -m.inliers))
 
-    def _candidates(self, query: Array, exemplar: Array, owner: Array) -> list[tuple[int, Array]]:
+    def _candidates(
+        self, query: Array, exemplar: Array, owner: Array
+    ) -> Iterator[tuple[int, Array]]:
         """(exemplar row, indices of its correspondences) for the exemplars with the most
-        correspondences agreeing on one pose, best first (Lowe's Hough voting).
+        correspondences agreeing on one pose, best first (Lowe's Hough voting), as long as
+        the caller asks and cells have min_votes.
 
         Each correspondence (query and exemplar keypoint geometry, owning exemplar) predicts a
         rotation, a scale and where the exemplar's centre lands in the query, and votes for
@@ -892,7 +907,7 @@ class KeypointIndex:
         mostly a taken candidate's, is the same pose again."""
         t = self.thresholds
         if not len(owner):
-            return []
+            return
         turn = np.radians(query[:, 2] - exemplar[:, 2])
         ratio = query[:, 3] / exemplar[:, 3]
         sizes = np.asarray(self._sizes, dtype=np.float32)[owner]
@@ -916,12 +931,11 @@ class KeypointIndex:
         # Each exemplar's correspondences, found by bisection rather than a scan per candidate.
         by_owner = np.argsort(owner, kind="stable")
         owners_sorted = owner[by_owner]
-        candidates: list[tuple[int, Array]] = []
         # Per exemplar, the poses (voting cells) taken and their correspondences.
         taken: dict[int, list[tuple[tuple[int, int, int, int], Array]]] = {}
         for cell in np.argsort(-counts, kind="stable"):
-            if counts[cell] < t.min_votes or len(candidates) >= t.max_candidates:
-                break
+            if counts[cell] < t.min_votes:
+                return
             row, rest = divmod(int(unique[cell]), ANGLE_BINS * POSES)
             angle_bin, rest = divmod(rest, POSES)
             scale_bin, rest = divmod(rest, 65536)
@@ -943,8 +957,7 @@ class KeypointIndex:
             if any(np.isin(members, m).mean() >= 0.5 for _, m in previous):
                 continue
             previous.append((pose, members))
-            candidates.append((row, members))
-        return candidates
+            yield row, members
 
     def _verify(self, row: int, seeds: tuple[Array, Array], query: _Query) -> KeypointMatch | None:
         """A match if the exemplar in `row` is really in the query, else None.

@@ -242,6 +242,22 @@ def test_a_photo_without_any_logo_matches_nothing(index: KeypointIndex, name: st
     assert index.search(photo(name)) == []
 
 
+def test_an_image_showing_more_logos_than_max_candidates_gets_them_all() -> None:
+    # The candidate budget counts candidates that find no new logo: each logo found earns
+    # one more, so a busy image is not cut short.
+    index = KeypointIndex.build(
+        ((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()), max_candidates=3
+    )
+    scene = photo("coffee").copy()
+    for i, rgb in enumerate(LOGOS.values()):
+        y, x = 60 + i // 3 * 400, 40 + i % 3 * 330
+        scene[y : y + 180, x : x + 240] = np.asarray(
+            Image.fromarray(rgb).resize((240, 180), Image.Resampling.LANCZOS)
+        )
+
+    assert sorted(m.asset_id for m in index.search(scene)) == sorted(LOGOS)
+
+
 def test_a_look_alike_sharing_the_letters_is_not_the_logo() -> None:
     original = logo(10, letters="KQ7")
     look_alike = logo(11, letters="KQ7")  # same font, letters and place; other shapes
