@@ -4,6 +4,7 @@ matching photos, look-alikes that share letters, or images without usable featur
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -153,7 +154,7 @@ def test_a_tilted_logo_the_first_guided_pass_finds_few_of_is_found() -> None:
     index = KeypointIndex.build((f"exemplar-{a}", a, rgb) for a, rgb in {**LOGOS, **others}.items())
     tilted_logo = others["asset-x1"]
     h, w = tilted_logo.shape[:2]
-    corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
     seen = corners * 0.5 + 40
     middle = (seen[2] + seen[3]) / 2
     seen[2:] += (middle - seen[2:]) * 0.6
@@ -327,7 +328,7 @@ def test_a_copy_with_a_third_covered_by_a_photo_is_found(
 
 
 def bars_and_letters(
-    bars: list[tuple[float, float, float, float]],
+    bars: Sequence[tuple[float, float, float, float]],
     letters: str = "S",
     size: int = 60,
     at: tuple[int, int] = (180, 80),
