@@ -447,17 +447,15 @@ def _homography(
         quad = cv2.perspectiveTransform(corners, found)[0]
         if _outline_ok(quad, t):
             return found, mask.ravel().astype(bool), quad
-    return _affine(source, target, corners, t)
+    return _affine(source, target, corners, t, t.ransac_px)
 
 
 def _affine(
-    source: Array, target: Array, corners: Array, t: KeypointThresholds
+    source: Array, target: Array, corners: Array, t: KeypointThresholds, px: float
 ) -> tuple[Array, Array, Array] | None:
-    """(affine map as a 3x3 homography, inlier mask, projected outline) from pairs, or None
-    when RANSAC finds none or the outline it projects is not plausible."""
-    affine, mask = cv2.estimateAffine2D(
-        source, target, method=cv2.RANSAC, ransacReprojThreshold=t.ransac_px
-    )
+    """(affine map as a 3x3 homography, inlier mask within `px`, projected outline) from
+    pairs, or None when RANSAC finds none or the outline it projects is not plausible."""
+    affine, mask = cv2.estimateAffine2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=px)
     if affine is None:
         return None
     found = np.vstack([affine, [0, 0, 1]])
@@ -531,6 +529,16 @@ def _layout(rgb: Array) -> Array:
         rgb, (LAYOUT_SIDE, LAYOUT_SIDE), interpolation=cv2.INTER_AREA
     ).astype(np.float32)
     return layout
+
+
+def _seen(extent: Array, inside: Array) -> Array:
+    """(s, s) float32 0/1 mask: where the query shows an exemplar, within its `extent` (see
+    KeypointIndex._extent) and STRUCTURE_MARGIN pixels in from where the query ends
+    (`inside`, see KeypointIndex._warp)."""
+    m = STRUCTURE_MARGIN
+    kernel = np.ones((2 * m + 1, 2 * m + 1), np.uint8)
+    seen: Array = extent * cv2.erode(inside.astype(np.uint8), kernel, borderValue=0)
+    return seen
 
 
 def _tensor(rgb: Array) -> tuple[Array, Array]:
@@ -742,9 +750,7 @@ class KeypointIndex:
         self._sizes.append((float(size[0]), float(size[1])))
         self._labels.append(_colour_regions(_rgb(rgb), self._sizes[-1]))
         self._thumbnails.append(_thumbnail(_rgb(rgb), self._sizes[-1]))
-        self._layouts.append(self._exemplar_layout(row))
-        self._edge_maps.append(self._edge_map(row))
-        self._stacked_layouts = None
+        self._derive(row)
         if features is None:  # a flat exemplar: recorded, but nothing can match it
             return _NO_DESCRIPTORS
         owner = np.full(len(features.descriptors), row, dtype=np.int32)
@@ -863,15 +869,16 @@ class KeypointIndex:
         # Best first, until max_candidates have found no new asset: an image showing several
         # logos gets one more candidate for each one found.
         matches: list[KeypointMatch] = []
+        matched: set[str] = set()  # their assets
         failed = 0
         while batch := list(itertools.islice(candidates, t.max_candidates - failed)):
             for match in _workers().map(verify, batch):
-                if match is None or match.asset_id in {m.asset_id for m in matches}:
+                if match is None or match.asset_id in matched:
                     failed += 1
                 if match is not None:
                     matches.append(match)
+                    matched.add(match.asset_id)
         # A copy whose features were found needs no second look as a whole.
-        matched = {m.asset_id for m in matches}
         whole = [
             r for r in self._whole_image_candidates(query) if self._asset_ids[r] not in matched
         ]
@@ -975,18 +982,12 @@ class KeypointIndex:
         source, target = seeds
         if len(source) < 3:
             return None
-        affine, mask = cv2.estimateAffine2D(
-            source, target, method=cv2.RANSAC, ransacReprojThreshold=t.seed_px
-        )
-        if affine is None:
-            return None
-        seed_inliers = mask.ravel().astype(bool)
-        if _distinct(source[seed_inliers], target[seed_inliers]) < t.min_seed_inliers:
-            return None
         corners = self._corners(row)
-        homography = np.vstack([affine, [0, 0, 1]])
-        quad = cv2.perspectiveTransform(corners, homography)[0]
-        if not _outline_ok(quad, t):
+        fitted = _affine(source, target, corners, t, t.seed_px)
+        if fitted is None:
+            return None
+        homography, seed_inliers, quad = fitted
+        if _distinct(source[seed_inliers], target[seed_inliers]) < t.min_seed_inliers:
             return None
         # The affine guess is loose for a tilted logo: search a radius that grows with it.
         radius = max(t.guided_px, 0.08 * np.ptp(quad, axis=0).max())
@@ -1019,7 +1020,7 @@ class KeypointIndex:
         # (Not when they nearly agree: that would only give a look-alike near the thresholds
         # a second try; nor when the affine one explains fewer pairs: that cut a check's
         # time by ~5% on the benchmark and changed no result there.)
-        fitted = _affine(source, target, corners, t)
+        fitted = _affine(source, target, corners, t, t.ransac_px)
         if fitted is None:
             return None
         affine, affine_inlier, affine_quad = fitted
@@ -1121,6 +1122,13 @@ class KeypointIndex:
         w, h = self._sizes[row]
         return np.array([[[0, 0], [w, 0], [w, h], [0, h]]], np.float64)
 
+    def _derive(self, row: int) -> None:
+        """Records what exemplar `row`'s searches use that its thumbnail gives (its colour
+        layout and edge map): made when it is added or the index loaded, not stored."""
+        self._layouts.append(self._exemplar_layout(row))
+        self._edge_maps.append(self._edge_map(row))
+        self._stacked_layouts = None
+
     def _exemplar_layout(self, row: int) -> Array:
         """Exemplar `row`'s colour layout (see _layout), from its thumbnail: the same whether
         the index was built or loaded."""
@@ -1131,8 +1139,7 @@ class KeypointIndex:
         """Exemplar `row`'s edges for _residual: (where its thumbnail's edge strength, see
         _edges, is over a quarter of the strongest within the exemplar; that strongest).
         Made once per exemplar: a search asks for them about six times."""
-        everywhere = np.ones((LABEL_SIDE, LABEL_SIDE), bool)
-        extent, _ = self._extent(row, everywhere)
+        extent = self._extent(row)
         strength = _edges(self._thumbnails[row])
         strongest = float(strength[extent > 0].max()) if (extent > 0).any() else 0.0
         return strength > 0.25 * strongest, strongest
@@ -1245,17 +1252,15 @@ class KeypointIndex:
         inside = cv2.warpPerspective(shown, to_labels, size, flags=cv2.INTER_NEAREST) == 255
         return warped, inside
 
-    def _extent(self, row: int, inside: Array) -> tuple[Array, Array]:
-        """(extent, seen), (s, s) float32 0/1 masks over exemplar `row`'s thumbnail frame:
-        where the exemplar is, and where the query shows it, both STRUCTURE_MARGIN pixels
-        in from the outline (the query has an edge there, the exemplar's frame does not)."""
+    def _extent(self, row: int) -> Array:
+        """(s, s) float32 0/1 mask over exemplar `row`'s thumbnail frame: where the exemplar
+        is, STRUCTURE_MARGIN pixels in from its outline (the query has an edge there, the
+        exemplar's frame does not)."""
         tw, th = _fitted(self._sizes[row])
         m = STRUCTURE_MARGIN
         extent = np.zeros((LABEL_SIDE, LABEL_SIDE), np.float32)
         extent[m : th - m, m : tw - m] = 1
-        kernel = np.ones((2 * m + 1, 2 * m + 1), np.uint8)
-        seen = extent * cv2.erode(inside.astype(np.uint8), kernel, borderValue=0)
-        return extent, seen
+        return extent
 
     def _residual(self, row: int, warped: Array, inside: Array, anchors: Array) -> _Residual:
         """Pixel by pixel, what the exemplar in `row` does not explain of the query where the
@@ -1276,8 +1281,7 @@ class KeypointIndex:
         outside the blob are from one recolouring of the exemplar's (_recolouring_error;
         infinite when fewer than two regions are shown there)."""
         labels = self._labels[row]
-        _, seen_mask = self._extent(row, inside)
-        seen = seen_mask > 0
+        seen = _seen(self._extent(row), inside) > 0
         valid = seen & (labels != NO_LABEL)
         colours = warped.astype(np.float32)
         w, h = self._sizes[row]
@@ -1371,7 +1375,8 @@ class KeypointIndex:
         edge energy in cells the query shows. A copy, even recoloured, noisy or tilted,
         agrees nearly everywhere it is not covered; a look-alike sharing a letter or a shape
         agrees only there, and a texture's edges run every which way."""
-        extent, seen = self._extent(row, inside)
+        extent = self._extent(row)
+        seen = _seen(extent, inside)
         exemplar = _orientation(self._thumbnails[row])
         found = _orientation(warped)
         side = LABEL_SIDE // STRUCTURE_CELLS
@@ -1483,8 +1488,8 @@ class KeypointIndex:
             index._sizes = [(float(w), float(h)) for w, h in data["sizes"]]
             index._labels = list(data["labels"])
             index._thumbnails = list(data["thumbnails"])
-            index._layouts = [index._exemplar_layout(row) for row in range(len(index._sizes))]
-            index._edge_maps = [index._edge_map(row) for row in range(len(index._sizes))]
+            for row in range(len(index._sizes)):
+                index._derive(row)
             joined = (data["descriptors"], data["geometry"], data["owner"])
             index._index = faiss.deserialize_index_binary(data["faiss_index"])
         if len(joined[0]):
