@@ -9,7 +9,10 @@ How a search works:
 1. ORB features of the query (upscaled when tiny, downscaled when huge), picked per cell of a
    grid at each pyramid level so a small logo keeps its features next to a busy photo; on
    luma and on HSL lightness, which a hue rotation leaves alone (a recoloured copy can lose
-   its luma edges). Exemplars are described on both too.
+   its luma edges). Exemplars are described on both too. A logo a tenth of a photo wide has
+   few corners a 31-pixel patch describes without the scene around it; the query's graphic
+   regions (flat colours meeting at sharp steps, as logos and signs are drawn) are also
+   described enlarged, their features put back at their places and sizes in the query.
 2. For each query descriptor, its nearest exemplar descriptors (Hamming) from one faiss binary
    index over all exemplars: exact while the index is small, an inverted file (IVF) once it is
    big enough to train one. Exemplars are never compared one at a time.
@@ -60,12 +63,13 @@ usable keypoints (blank, tiny, flat) gives no match rather than an error.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import operator
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -129,8 +133,22 @@ POSES_PER_EXEMPLAR = 2  # see KeypointIndex._candidates
 # own (resizing keeps it, up to rounding).
 LAYOUT_SIDE = 16
 LAYOUT_ASPECT = 0.03
+# Graphic regions (see _graphic_regions), on the query at half size: GRAPHIC_BLOCK-pixel
+# blocks (of the working frame) where at least GRAPHIC_FLAT of the pixels are flat (colour
+# range over 3x3 below GRAPHIC_FLAT_RANGE) and at least GRAPHIC_EDGES sit on a sharp step
+# (range above GRAPHIC_STEP_RANGE); regions of at least GRAPHIC_MIN_BLOCKS of them. A
+# region is described enlarged with a block's margin around it (ORB's patches need some),
+# on ZOOM_LEVELS pyramid levels: the scales the query's own pyramid does not reach.
+GRAPHIC_BLOCK = 16
+GRAPHIC_FLAT_RANGE = 12
+GRAPHIC_STEP_RANGE = 60
+GRAPHIC_FLAT = 0.4
+GRAPHIC_EDGES = 0.04
+GRAPHIC_MIN_BLOCKS = 10
+ZOOM_LEVELS = 4
 
 Array = npt.NDArray[Any]
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1
 # A search's independent parts (the two channels' features, halves of the descriptor batch,
 # the candidates) run on this many threads: OpenCV, faiss, scipy and most of numpy release
 # the GIL, so on a 2-core machine a search takes about 2/3 as long (506 -> 324 ms a check on
@@ -232,6 +250,15 @@ class KeypointThresholds:
     # _whole_image_candidates).
     whole_candidates: int = 2
     min_layout: float = 0.5
+    # A logo much smaller than the query (a sign in a street photo) has few corners ORB's
+    # 31-pixel patches describe without the scene around it. Up to zoom_regions graphic
+    # regions (see _graphic_regions) no longer than zoom_max_share of the query's longer
+    # side are also described enlarged to zoom_side (their margin around that), with up
+    # to zoom_features features each.
+    zoom_regions: int = 2
+    zoom_max_share: float = 0.25
+    zoom_side: int = 384
+    zoom_features: int = 1000
 
 
 @dataclass(frozen=True)
@@ -267,6 +294,10 @@ class _Query:
     scale: float
     colour: Array  # (h, w, 3) uint8, the query in the working frame
     shape: tuple[int, int]  # the query's own height, width
+    # The smallest feature size described all over the query, and the regions described
+    # enlarged (see KeypointIndex._zoom_boxes) with the smallest there.
+    smallest: float
+    zoomed: list[tuple[Box, float]]
     pyramid: dict[int, Array] = field(default_factory=dict)  # see shrunk
     # The features' positions in k-d trees, one per GUIDED_ANGLE_BINS orientation bin, with
     # the features' indices (see _near).
@@ -531,6 +562,42 @@ def _layout(rgb: Array) -> Array:
     return layout
 
 
+def _graphic_regions(rgb: Array) -> list[Box]:
+    """Boxes (x0, y0, x1, y1; largest first) of the parts of an image that look like
+    graphics rather than photo: flat colours meeting at sharp steps, as a logo, a sign or
+    lettering is drawn. A photo's texture is not flat; its smooth parts (sky, blur) have no
+    sharp steps."""
+    half = cv2.resize(rgb, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    kernel = np.ones((3, 3), np.uint8)
+    spread = cv2.subtract(cv2.dilate(half, kernel), cv2.erode(half, kernel))
+    spread = cv2.max(cv2.max(spread[..., 0], spread[..., 1]), spread[..., 2])
+    block = GRAPHIC_BLOCK // 2
+    rows, columns = spread.shape[0] // block, spread.shape[1] // block
+    if not rows or not columns:
+        return []
+
+    def share(mask: Array) -> Array:
+        cells = mask[: rows * block, : columns * block].reshape(rows, block, columns, block)
+        fraction: Array = cells.mean(axis=(1, 3))
+        return fraction
+
+    graphic = (share(spread < GRAPHIC_FLAT_RANGE) >= GRAPHIC_FLAT) & (
+        share(spread > GRAPHIC_STEP_RANGE) >= GRAPHIC_EDGES
+    )
+    count, _, stats, _ = cv2.connectedComponentsWithStats(graphic.astype(np.uint8), connectivity=8)
+    regions = [stats[i] for i in range(1, count) if stats[i][4] >= GRAPHIC_MIN_BLOCKS]
+    regions.sort(key=lambda r: -int(r[4]))
+    return [
+        (
+            int(x) * GRAPHIC_BLOCK,
+            int(y) * GRAPHIC_BLOCK,
+            int(x + w) * GRAPHIC_BLOCK,
+            int(y + h) * GRAPHIC_BLOCK,
+        )
+        for x, y, w, h, _ in regions
+    ]
+
+
 def _seen(extent: Array, inside: Array) -> Array:
     """(s, s) float32 0/1 mask: where the query shows an exemplar, within its `extent` (see
     KeypointIndex._extent) and STRUCTURE_MARGIN pixels in from where the query ends
@@ -693,8 +760,12 @@ class KeypointIndex:
         self.thresholds = KeypointThresholds(**thresholds)
         t = self.thresholds
         self._exemplar_orb = _orb(t.exemplar_features, t.exemplar_levels, t.fast_threshold, 1.25)
-        # Detection keeps every corner over the threshold; `_spread` then picks the features.
-        self._query_orb = _orb(t.query_features * 8, t.query_levels, t.fast_threshold, 1.2)
+        # Detection keeps twice the budget (ORB's strongest corners per level); `_spread`
+        # then picks among them, so that no busy texture takes them all. (Keeping every
+        # corner, 8x, took a fifth of a search; the small logos it saved are now found in
+        # their graphic regions enlarged, see _zoom_boxes.)
+        self._query_orb = _orb(t.query_features * 2, t.query_levels, t.fast_threshold, 1.2)
+        self._zoom_orb = _orb(t.zoom_features * 8, ZOOM_LEVELS, t.fast_threshold, 1.2)
         self._exemplar_ids: list[str] = []
         self._asset_ids: list[str] = []
         self._sizes: list[tuple[float, float]] = []  # (w, h) after scaling to exemplar_side
@@ -814,20 +885,71 @@ class KeypointIndex:
         lightness = _lightness(colour)
         if lightness is not None:
             channels.append((lightness, round(t.query_features * t.lightness_share)))
-
-        def describe(channel_and_budget: tuple[Array, int]) -> _Features | None:
-            channel, budget = channel_and_budget
-            padded = _padded(channel)
-            keypoints = _spread(
-                self._query_orb.detect(padded, None), t.cell, t.per_cell, budget, 1.2
-            )
-            return _describe(self._query_orb, padded, keypoints) if keypoints else None
-
-        described = [f for f in _workers().map(describe, channels) if f is not None]
-        features = _join(described)
+        jobs: list[Callable[[], _Features | None]] = [
+            functools.partial(self._described, self._query_orb, channel, budget)
+            for channel, budget in channels
+        ]
+        whole = len(jobs)
+        zoom_boxes = self._zoom_boxes(colour)
+        jobs += [functools.partial(self._zoomed, colour, box, factor) for box, factor in zoom_boxes]
+        described = list(_workers().map(lambda job: job(), jobs))
+        features = _join([f for f in described if f is not None])
         if features is None:
             return None
-        return _Query(features, scale, colour, (height, width))
+
+        def smallest(found: list[_Features | None]) -> float:
+            return min((float(f.geometry[:, 3].min()) for f in found if f), default=np.inf)
+
+        zoomed = [
+            (box, smallest([f]))
+            for (box, _), f in zip(zoom_boxes, described[whole:], strict=True)
+            if f
+        ]
+        return _Query(features, scale, colour, (height, width), smallest(described[:whole]), zoomed)
+
+    def _described(self, orb: Any, channel: Array, budget: int) -> _Features | None:
+        """The features of one channel of a query image, spread over it (see _spread)."""
+        t = self.thresholds
+        padded = _padded(channel)
+        keypoints = _spread(orb.detect(padded, None), t.cell, t.per_cell, budget, 1.2)
+        return _describe(orb, padded, keypoints) if keypoints else None
+
+    def _zoom_boxes(self, colour: Array) -> list[tuple[Box, float]]:
+        """The graphic regions of the query (working frame) to describe enlarged: up to
+        zoom_regions, largest first, no longer than zoom_max_share of it, with their
+        margin."""
+        t = self.thresholds
+        height, width = colour.shape[:2]
+        boxes = []
+        for x0, y0, x1, y1 in _graphic_regions(colour):
+            side = max(x1 - x0, y1 - y0)
+            if side > t.zoom_max_share * max(height, width):
+                continue
+            box = (
+                max(0, x0 - GRAPHIC_BLOCK),
+                max(0, y0 - GRAPHIC_BLOCK),
+                min(width, x1 + GRAPHIC_BLOCK),
+                min(height, y1 + GRAPHIC_BLOCK),
+            )
+            boxes.append((box, t.zoom_side / side))
+        return boxes[: t.zoom_regions]
+
+    def _zoomed(self, colour: Array, box: Box, factor: float) -> _Features | None:
+        """The luma features of one region of the query enlarged `factor` times, at their
+        places and sizes in the query (working frame). Luma alone: a recoloured copy is
+        not also a small one in a scene often enough to pay for a second channel here."""
+        x0, y0, x1, y1 = box
+        crop = cv2.resize(
+            _gray(colour[y0:y1, x0:x1]), None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC
+        )
+        features = self._described(self._zoom_orb, crop, self.thresholds.zoom_features)
+        if features is None:
+            return None
+        geometry = features.geometry.copy()
+        # Pixel centres: x in the crop is (x - x0 + 0.5) * factor - 0.5.
+        geometry[:, :2] = (geometry[:, :2] + 0.5) / factor - 0.5 + np.array([x0, y0])
+        geometry[:, 3] /= factor
+        return _Features(geometry, features.descriptors)
 
     def search(self, rgb: np.ndarray) -> list[KeypointMatch]:
         """The best verified match of each asset found in `rgb` (HxW, HxWx3 or HxWx4 uint8),
@@ -1201,8 +1323,13 @@ class KeypointIndex:
         rotation = np.degrees(np.arctan2(dx[:, 1], dx[:, 0]))
         size = exemplar.geometry[:, 3] * local_scale
         height, width = query.colour.shape[:2]
+        # Small features are only found where the query was described enlarged.
+        smallest = np.full(len(at), query.smallest)
+        for (x0, y0, x1, y1), zoomed_smallest in query.zoomed:
+            inside = (at[:, 0] >= x0) & (at[:, 0] < x1) & (at[:, 1] >= y0) & (at[:, 1] < y1)
+            smallest[inside] = np.minimum(smallest[inside], zoomed_smallest)
         expected = (
-            (size >= found.geometry[:, 3].min() * 0.8)
+            (size >= smallest * 0.8)
             & (size <= found.geometry[:, 3].max() * 1.25)
             & (at[:, 0] >= 0)
             & (at[:, 1] >= 0)

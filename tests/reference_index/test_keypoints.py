@@ -504,3 +504,41 @@ def test_a_descriptor_repeated_in_a_query_gets_the_neighbours_it_gets_alone() ->
     assert (distances == expected_distances).all()
     assert (ids[40:70, 0] == np.arange(30)).all()
     assert (distances[40:70, 0] == 0).all()
+
+
+def test_a_plain_sign_90_pixels_wide_in_grass_is_found_in_its_region_enlarged() -> None:
+    # A pink sign with two arcs and three letters, 90 pixels wide in a photo of grass, among
+    # 26 logos: at that size ORB's 31-pixel patches around its few corners take in the
+    # grass, and too few match the exemplar's to make it a candidate. Its region is graphic
+    # (flat colours meeting at sharp steps, where grass is neither), so it is also described
+    # enlarged, and there its corners are the exemplar's again.
+    image = Image.new("RGB", (320, 338), (214, 176, 168))
+    draw = ImageDraw.Draw(image)
+    draw.arc((40, 90, 200, 250), 100, 260, fill=(88, 102, 80), width=18)
+    draw.arc((150, -10, 310, 150), 200, 340, fill=(88, 102, 80), width=18)
+    draw.text((150, 20), "7YT", fill=(88, 102, 80), font=ImageFont.load_default(size=64))
+    sign = np.asarray(image)
+    others = {f"asset-x{i}": logo(100 + i) for i in range(20)}
+    exemplars = [
+        *((f"exemplar-{a}", a, rgb) for a, rgb in {**LOGOS, **others}.items()),
+        ("e", "asset-sign", sign),
+    ]
+    scene = photo("grass").copy()
+    x, y, w, h = 300, 560, 90, 95
+    scene[y : y + h, x : x + w] = np.asarray(
+        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
+    )
+
+    matches = KeypointIndex.build(exemplars).search(scene)
+
+    assert [m.asset_id for m in matches] == ["asset-sign"]
+    assert iou(matches[0].box, (x, y, x + w, y + h)) > 0.8
+    assert KeypointIndex.build(exemplars, zoom_regions=0).search(scene) == []
+
+
+def test_graphic_regions_are_drawn_parts_not_photo_texture() -> None:
+    scene = photo("gravel").copy()
+    assert keypoints._graphic_regions(scene) == []
+    scene[560:668, 300:402] = np.asarray(Image.fromarray(logo(3)).resize((102, 108)))
+    (x0, y0, x1, y1), *_ = keypoints._graphic_regions(scene)
+    assert iou((x0, y0, x1, y1), (300, 560, 402, 668)) > 0.6
