@@ -146,6 +146,9 @@ GRAPHIC_FLAT = 0.4
 GRAPHIC_EDGES = 0.04
 GRAPHIC_MIN_BLOCKS = 10
 ZOOM_LEVELS = 4
+# Enlarged more than this, a small region's edges are only blurred further and its corners
+# fade (a 96-pixel sign enlarged 4x to 384 was not found, 3x was).
+ZOOM_MAX_FACTOR = 3.0
 
 Array = npt.NDArray[Any]
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1
@@ -253,8 +256,8 @@ class KeypointThresholds:
     # A logo much smaller than the query (a sign in a street photo) has few corners ORB's
     # 31-pixel patches describe without the scene around it. Up to zoom_regions graphic
     # regions (see _graphic_regions) no longer than zoom_max_share of the query's longer
-    # side are also described enlarged to zoom_side (their margin around that), with up
-    # to zoom_features features each.
+    # side are also described enlarged to zoom_side (their margin around that; at most
+    # ZOOM_MAX_FACTOR times), with up to zoom_features features each.
     zoom_regions: int = 2
     zoom_max_share: float = 0.25
     zoom_side: int = 384
@@ -931,7 +934,7 @@ class KeypointIndex:
                 min(width, x1 + GRAPHIC_BLOCK),
                 min(height, y1 + GRAPHIC_BLOCK),
             )
-            boxes.append((box, t.zoom_side / side))
+            boxes.append((box, min(ZOOM_MAX_FACTOR, t.zoom_side / side)))
         return boxes[: t.zoom_regions]
 
     def _zoomed(self, colour: Array, box: Box, factor: float) -> _Features | None:
