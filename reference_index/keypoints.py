@@ -51,8 +51,10 @@ How a search works:
    Either way, the colours of the regions shown outside that blob must be one recolouring
    of the exemplar's (_recolouring_error): a hue rotation, grey, a change of light. A copy is
    recoloured as a whole; a look-alike sharing a shape or two has a palette of its own.
-   (Limitation: a copy repainted in a free colour scheme, or inverted, is not matched here;
-   register that variant as an exemplar of its own.)
+   Where one region alone is shown (a cover over the rest), it must have the exemplar's own
+   colour: one colour cannot show a recolouring. (Limitation: a copy repainted in a free
+   colour scheme, or inverted, is not matched here; register that variant as an exemplar of
+   its own.)
 
 The two channels' features, halves of the descriptor batch and the candidates run on
 SEARCH_THREADS threads (see there).
@@ -671,8 +673,13 @@ def _recolouring_error(exemplar: Array, query: Array, weights: Array) -> float:
     light of a photo); a look-alike that shares a shape has its own colours, which no one
     recolouring of the exemplar's gives: two random colour pairs rarely keep both their
     brightness ratio and their hue difference."""
-    if len(weights) < 2:  # nothing to compare one colour with: no evidence
+    if not len(weights):
         return float("inf")
+    if len(weights) == 1:
+        # One colour cannot show a recolouring (any colour is some recolouring of any
+        # other); it can show that it is the exemplar's own, which only an unrecoloured copy
+        # does. (A copy whose cover leaves one colour region: its ground, say.)
+        return float(np.abs(query[0] - exemplar[0]).max())
     e_high, e_low, e_hue = _extremes(exemplar)
     q_high, q_low, q_hue = _extremes(query)
     errors = []
@@ -1409,7 +1416,7 @@ class KeypointIndex:
         sharing a shape or a letter leaves its other shapes, letters and colours
         unexplained. Last, `recolouring`: how far the typical colours of the regions shown
         outside the blob are from one recolouring of the exemplar's (_recolouring_error;
-        infinite when fewer than two regions are shown there)."""
+        with one region shown, from the exemplar's own colour; infinite with none)."""
         labels = self._labels[row]
         seen = _seen(self._extent(row), inside) > 0
         valid = seen & (labels != NO_LABEL)

@@ -542,3 +542,40 @@ def test_graphic_regions_are_drawn_parts_not_photo_texture() -> None:
     scene[560:668, 300:402] = np.asarray(Image.fromarray(logo(3)).resize((102, 108)))
     (x0, y0, x1, y1), *_ = keypoints._graphic_regions(scene)
     assert iou((x0, y0, x1, y1), (300, 560, 402, 668)) > 0.6
+
+
+def hexagon(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    return [
+        (cx + r * np.cos(0.3 + k * np.pi / 3), cy + r * np.sin(0.3 + k * np.pi / 3))
+        for k in range(6)
+    ]
+
+
+def test_a_copy_whose_cover_leaves_one_colour_region_is_found_unless_recoloured() -> None:
+    # Two orange hexagons on an olive ground, a photo over most of both: outside the cover
+    # only the ground is shown, and one colour cannot show a recolouring. It can show that
+    # it is the exemplar's own colour: this copy is found; the same copy with its hues turned
+    # (found when not covered) is not, as nothing is left to confirm the recolouring.
+    image = Image.new("RGB", (356, 304), (94, 86, 38))
+    draw = ImageDraw.Draw(image)
+    draw.polygon(hexagon(210, 80, 75), fill=(248, 151, 16))
+    draw.polygon(hexagon(275, 230, 40), fill=(248, 151, 16))
+    sign = np.asarray(image)
+    index = KeypointIndex.build(
+        [*((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()), ("e", "asset-hex", sign)]
+    )
+    cover = photo("brick", side=512)[:240, :135]
+    covered = sign.copy()
+    covered[22:262, 170:305] = cover
+    hsv = np.asarray(image.convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(int) + 80) % 256
+    turned = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    turned_covered = turned.copy()
+    turned_covered[22:262, 170:305] = cover
+
+    matches = index.search(covered)
+
+    assert [m.asset_id for m in matches] == ["asset-hex"]
+    assert iou(matches[0].box, (0, 0, 356, 304)) > 0.95
+    assert top(index.search(turned)) == "asset-hex"
+    assert index.search(turned_covered) == []
