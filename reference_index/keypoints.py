@@ -1426,7 +1426,7 @@ class KeypointIndex:
         for x, y in np.round(anchors * (LABEL_SIDE / max(w, h))).astype(int):
             cv2.circle(near_anchor, (int(x), int(y)), ANCHOR_RADIUS, 1, -1)
         explained = np.zeros(labels.shape, bool)
-        regions, typicals = [], []
+        regions = []
         for region in np.unique(labels[valid]):
             members = valid & (labels == region)
             if members.sum() < 4:
@@ -1434,8 +1434,7 @@ class KeypointIndex:
             anchored = members & (near_anchor > 0)
             sample = colours[anchored] if anchored.sum() >= 4 else colours[members]
             regions.append(region)
-            typicals.append(_typical(sample))
-            distance = np.linalg.norm(colours[members] - typicals[-1], axis=1)
+            distance = np.linalg.norm(colours[members] - _typical(sample), axis=1)
             explained[members] = distance < COLOUR_TOLERANCE
         exemplar_edges, strongest = self._edge_maps[row]
         query_strength = _edges(warped)
@@ -1459,17 +1458,9 @@ class KeypointIndex:
             cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(outline))], 1)
             cover = cv2.dilate(hull, np.ones((7, 7), np.uint8)) > 0
         covered = float((cover & seen).sum() / max(seen.sum(), 1))
-        # What hides the logo is something else in front of it: colours of its own. A
-        # look-alike lacking one of the exemplar's shapes shows the exemplar's background
-        # colour there instead, another of its regions' colours.
-        hidden = cover & valid & ~explained
-        foreign = 0.0
-        if hidden.any() and typicals:
-            others = np.linalg.norm(colours[hidden][:, None] - np.array(typicals)[None], axis=2)
-            foreign = float((others.min(axis=1) >= COLOUR_TOLERANCE).mean())
         rest = valid & ~cover
         if not rest.any() or strongest <= 0:
-            return _Residual(covered, foreign, float("inf"), 0.0, 0.0, 0.0)
+            return _Residual(covered, 0.0, float("inf"), 0.0, 0.0, 0.0)
         # The regions' colours where the query shows them (not under the cover, which lends a
         # region its own colour) must be one recolouring of the exemplar's.
         thumbnail = self._thumbnails[row]
@@ -1486,6 +1477,17 @@ class KeypointIndex:
             np.array(query_colours, np.float64).reshape(-1, 3),
             np.array(weights),
         )
+        # What hides the logo is something else in front of it: colours of its own. A
+        # look-alike lacking one of the exemplar's shapes shows the exemplar's background
+        # colour there instead, the colour of a region shown elsewhere. (Not that of a
+        # region shown only under the cover: the cover lends it its own colour.)
+        hidden = cover & valid & ~explained
+        foreign = 0.0
+        if hidden.any() and query_colours:
+            others = np.linalg.norm(
+                colours[hidden][:, None] - np.array(query_colours)[None], axis=2
+            )
+            foreign = float((others.min(axis=1) >= COLOUR_TOLERANCE).mean())
         kept = seen & ~cover
         exemplar_edges = exemplar_edges & kept  # not in place: the map is the exemplar's
         query_edges &= kept

@@ -579,3 +579,38 @@ def test_a_copy_whose_cover_leaves_one_colour_region_is_found_unless_recoloured(
     assert iou(matches[0].box, (0, 0, 356, 304)) > 0.95
     assert top(index.search(turned)) == "asset-hex"
     assert index.search(turned_covered) == []
+
+
+def test_a_cover_over_all_of_a_colour_region_is_foreign_by_the_colours_shown_elsewhere() -> None:
+    # A pale star and a bar on a green ground, both under a photo of the night sky, the
+    # letters shown. The star's region is shown nowhere else, so the colour it takes under
+    # the cover is the sky's: the cover's dark pixels were judged "a colour of the logo"
+    # and the copy a look-alike missing its shapes. Judged against the colours of the
+    # regions shown outside the cover, the sky is foreign: the copy is found. The same sign
+    # with the star and bar missing (ground there) is still a look-alike.
+    image = Image.new("RGB", (300, 380), (88, 230, 0))
+    draw = ImageDraw.Draw(image)
+    star = [
+        (
+            70 + (40 if k % 2 else 18) * np.cos(k * np.pi / 6),
+            70 + (40 if k % 2 else 18) * np.sin(k * np.pi / 6),
+        )
+        for k in range(12)
+    ]
+    draw.polygon(star, fill=(200, 250, 230))
+    draw.rectangle((120, 150, 220, 180), fill=(60, 100, 170))
+    draw.text((150, 280), "D3", fill=(60, 100, 170), font=ImageFont.load_default(size=40))
+    sign = np.asarray(image)
+    index = KeypointIndex.build(
+        [*((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()), ("e", "asset-d3", sign)]
+    )
+    covered = sign.copy()
+    covered[20:200, 15:245] = photo("hubble_deep_field", side=512)[:180, :230]
+    bare = sign.copy()
+    bare[20:200, 15:245] = (88, 230, 0)
+
+    matches = index.search(covered)
+
+    assert [m.asset_id for m in matches] == ["asset-d3"]
+    assert iou(matches[0].box, (0, 0, 300, 380)) > 0.95
+    assert index.search(bare) == []
