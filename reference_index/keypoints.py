@@ -775,6 +775,7 @@ class KeypointIndex:
         # corner, 8x, took a fifth of a search; the small logos it saved are now found in
         # their graphic regions enlarged, see _zoom_boxes.)
         self._query_orb = _orb(t.query_features * 2, t.query_levels, t.fast_threshold, 1.2)
+        # An enlarged region is small: keeping every corner there costs little.
         self._zoom_orb = _orb(t.zoom_features * 8, ZOOM_LEVELS, t.fast_threshold, 1.2)
         self._exemplar_ids: list[str] = []
         self._asset_ids: list[str] = []
@@ -896,7 +897,7 @@ class KeypointIndex:
         if lightness is not None:
             channels.append((lightness, round(t.query_features * t.lightness_share)))
         jobs: list[Callable[[], _Features | None]] = [
-            functools.partial(self._described, self._query_orb, channel, budget)
+            functools.partial(self._spread_features, self._query_orb, channel, budget)
             for channel, budget in channels
         ]
         whole = len(jobs)  # the jobs describing the whole query; then its enlarged regions
@@ -918,7 +919,7 @@ class KeypointIndex:
         ]
         return _Query(features, scale, colour, (height, width), smallest(described[:whole]), zoomed)
 
-    def _described(self, orb: Any, channel: Array, budget: int) -> _Features | None:
+    def _spread_features(self, orb: Any, channel: Array, budget: int) -> _Features | None:
         """The features of one channel of a query image, spread over it (see _spread)."""
         t = self.thresholds
         padded = _padded(channel)
@@ -953,7 +954,7 @@ class KeypointIndex:
         crop = cv2.resize(
             _gray(colour[y0:y1, x0:x1]), None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC
         )
-        features = self._described(self._zoom_orb, crop, self.thresholds.zoom_features)
+        features = self._spread_features(self._zoom_orb, crop, self.thresholds.zoom_features)
         if features is None:
             return None
         geometry = features.geometry.copy()
