@@ -368,7 +368,7 @@ def distractors(n: int, rng: Rng, pool: Sequence[Rgb], unindexed: Sequence[Rgb])
 # --- matching evaluation ------------------------------------------------------------------
 
 PDQ_MIN_QUALITY = 50  # the service default (core.settings.MatchingSettings)
-KEYPOINT_MIN_INLIERS = 12  # the service default: fewer inliers are not reported
+KEYPOINT_MIN_INLIERS = 12  # the service default: a homography with fewer is not reported
 
 
 @dataclass
@@ -416,7 +416,7 @@ def check(image: Rgb, pdq_index: PdqIndex, keypoints: KeypointIndex) -> Checked:
     by_pdq = pdq_index.search(image)
     hits = keypoints.search(image)
     seconds = time.perf_counter() - start
-    found = [h.asset_id for h in hits if h.inliers >= KEYPOINT_MIN_INLIERS]
+    found = [h.asset_id for h in hits if h.inliers >= KEYPOINT_MIN_INLIERS or not h.fitted]
     return Checked(by_pdq, found, seconds)
 
 

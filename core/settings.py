@@ -114,7 +114,8 @@ class MatchingSettings(BaseModel):
     pdq_max_distance: int = Field(default=31, ge=0, le=256)
     pdq_reject_distance: int = Field(default=8, ge=0, le=256)
     pdq_min_quality: int = Field(default=50, ge=0, le=100)
-    # Keypoint matches need this many RANSAC inliers; this many are as good as a copy.
+    # Keypoint matches need this many RANSAC inliers (a copy of an exemplar as a whole, whose
+    # pose nothing was fitted to, is judged by its pixels); this many are as good as a copy.
     keypoint_min_inliers: int = Field(default=12, ge=4)
     keypoint_reject_inliers: int = Field(default=60, ge=4)
     # Up to this many vectors the index is exact (IndexFlatIP); above it, HNSW.

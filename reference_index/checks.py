@@ -214,7 +214,9 @@ def _index_candidates(
             if exemplar is None:  # not in this version's exemplar table: cannot be judged
                 continue
             asset = assets.get(exemplar.asset_id)
-            if hit.inliers < _threshold(
+            # A homography needs enough inliers to be more than chance; a copy as a whole
+            # (its pose given by the image's frame) is judged by its pixels instead.
+            if hit.fitted and hit.inliers < _threshold(
                 asset, "keypoint_min_inliers", settings.matching.keypoint_min_inliers
             ):
                 continue
@@ -230,7 +232,12 @@ def _index_candidates(
                         else "review",
                         exemplar_id=hit.exemplar_id,
                         box=list(hit.box),
-                        detail=f"{hit.inliers} inliers of a homography to an exemplar",
+                        detail=(
+                            f"{hit.inliers} inliers of a homography to an exemplar"
+                            if hit.fitted
+                            else f"a copy of an exemplar as a whole ({hit.inliers} of its "
+                            "features in place)"
+                        ),
                     ),
                     exemplar.polarity == "negative",
                 )

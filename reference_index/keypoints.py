@@ -273,6 +273,11 @@ class KeypointMatch:
     inliers: int
     score: float  # 0..1, grows with the inlier count and with the inlier ratio
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the query image's pixels
+    # True: `inliers` are those of a homography fitted to them. False: the image as a whole
+    # is a copy of the exemplar; its frame gave the pose and `inliers` are the features
+    # found where that pose puts them (fewer than a fitted homography needs may do; see
+    # KeypointIndex._verify_whole).
+    fitted: bool
 
 
 @dataclass
@@ -283,8 +288,9 @@ class _Features:
 
 @dataclass(frozen=True)
 class _Residual:
-    """See KeypointIndex._residual; all 0..1 but recolouring."""
+    """See KeypointIndex._residual; the shares 0..1."""
 
+    cover: Array  # (s, s) bool over the exemplar's thumbnail frame: set aside as covered
     covered: float  # share of the exemplar set aside as covered
     foreign: float  # of its pixels unlike their region: share unlike every region shown
     recolouring: float  # RGB error of the one recolouring that best explains the regions' colours
@@ -1126,7 +1132,7 @@ class KeypointIndex:
         # The affine guess is loose for a tilted logo: search a radius that grows with it.
         radius = max(t.guided_px, 0.08 * np.ptp(quad, axis=0).max())
         inliers = 0
-        expected = 0
+        expected = np.zeros((0, 2))
         # The first, wider pass only refines the seeds' pose (a tilted logo's far features
         # are found once a homography bends the affine guess); the second, tight one must
         # show the logo: it needs min_inliers, the first only as many as the seeds.
@@ -1173,7 +1179,10 @@ class KeypointIndex:
         _whole_image_candidates), else None. The pose is given, the exemplar's frame
         stretched over the query's: the pairs are the exemplar features with a like query
         feature within ransac_px of where it puts them. (A homography fitted to the few
-        plain corners a covered copy may keep is worse than that pose.)"""
+        plain corners a covered copy may keep is worse than that pose.) Nothing is fitted to
+        the pairs, so they need not outnumber what chance fits: as many as a candidate's seeds
+        need are enough (a cover over a simple logo's letters can leave fewer than min_inliers
+        of its corners), and the pixel checks decide."""
         t = self.thresholds
         w, h = self._sizes[row]
         height, width = query.colour.shape[:2]
@@ -1181,10 +1190,10 @@ class KeypointIndex:
         exemplar, pairs, expected = self._guided_pairs(row, stretch, query, t.ransac_px)
         source = exemplar.geometry[pairs[:, 0], :2]
         inliers = _distinct(source, query.features.geometry[pairs[:, 1], :2])
-        if inliers < t.min_inliers:
+        if inliers < t.min_seed_inliers:
             return None
         quad = cv2.perspectiveTransform(self._corners(row), stretch)[0]
-        return self._judge(row, query, stretch, quad, inliers, expected, source)
+        return self._judge(row, query, stretch, quad, inliers, expected, source, fitted=False)
 
     def _judge(
         self,
@@ -1193,26 +1202,35 @@ class KeypointIndex:
         homography: Array,
         quad: Array,
         inliers: int,
-        expected: int,
+        expected: Array,
         anchors: Array,
+        fitted: bool = True,
     ) -> KeypointMatch | None:
         """The match the homography (exemplar `row` -> the query's working frame, projecting
-        the outline to `quad`, with `inliers` distinct inliers at `anchors` in the exemplar of
-        `expected` features the query could show) describes, if the query there looks like
-        the exemplar: the coverage, appearance, structure and pixel checks; else None."""
+        the outline to `quad`, with `inliers` distinct inliers at `anchors` in the exemplar,
+        `expected` the exemplar positions of the features the query could show; `fitted`
+        unless the pose was given, see _verify_whole) describes, if the query there looks
+        like the exemplar: the coverage, appearance, structure and pixel checks; else None."""
         t = self.thresholds
-        coverage = inliers / max(expected, 1)
-        # A cover hides its share of the features: until the pixel checks say how much of
-        # the exemplar is covered, only a coverage that no cover explains is refused.
-        if coverage < t.min_coverage * (1 - t.max_covered):
+        coverage = inliers / max(_places(expected), 1)
+        # A cover hides features: until the pixel checks say where the exemplar is covered,
+        # a fitted candidate's coverage that hardly any cover explains is refused, sparing
+        # most candidates those checks. (Not a copy as a whole: there are few of those, and
+        # a cover over a simple logo's letters can hide nearly all of its corners.)
+        if fitted and coverage < t.min_coverage * (1 - t.max_covered):
             return None
         warped, inside = self._warp(row, homography, query)
         residual = self._residual(row, warped, inside, anchors)
         if residual.recolouring > t.max_recolouring:
             return None
+        # Of a partly covered copy, the features the cover leaves are what can be found (a
+        # cover over a logo's letters hides more than its share of the corners).
+        fit = LABEL_SIDE / max(self._sizes[row])
+        at = np.clip(np.round(expected * fit).astype(int), 0, LABEL_SIDE - 1)
+        left = expected[~residual.cover[at[:, 1], at[:, 0]]]
         partly_covered = (
             t.min_covered <= residual.covered <= t.max_covered
-            and coverage >= t.min_coverage * (1 - residual.covered)
+            and inliers >= t.min_coverage * _places(left)
             and residual.foreign >= t.min_foreign_covered
             and residual.colours >= t.min_colours_covered
             and residual.edges_found >= t.min_edges_found_covered
@@ -1248,6 +1266,7 @@ class KeypointIndex:
             inliers=inliers,
             score=round(float(score), 4),
             box=(int(x0), int(y0), int(x1), int(y1)),
+            fitted=fitted,
         )
 
     def _corners(self, row: int) -> Array:
@@ -1313,9 +1332,9 @@ class KeypointIndex:
 
     def _guided_pairs(
         self, row: int, homography: Array, query: _Query, radius: float
-    ) -> tuple[_Features, Array, int]:
-        """(the exemplar's features, (n, 2) pairs of exemplar and query feature indices, how
-        many distinct exemplar features the query could show). An exemplar feature is
+    ) -> tuple[_Features, Array, Array]:
+        """(the exemplar's features, (n, 2) pairs of exemplar and query feature indices, the
+        (m, 2) exemplar positions of the features the query could show). An exemplar feature is
         expected when it projects inside the query at a size ORB detects there; it pairs with
         the query feature nearest in descriptor among those within `radius` of where it
         projects, at a compatible rotation and scale."""
@@ -1349,9 +1368,9 @@ class KeypointIndex:
             & (at[:, 1] < height)
         )
         rows = np.flatnonzero(expected)
+        no_pairs = np.zeros((0, 2), np.int64)
         if not len(rows):
-            return exemplar, np.zeros((0, 2), np.int64), 0
-        n_expected = _places(points[rows])
+            return exemplar, no_pairs, points[rows]
         turned = exemplar.geometry[rows, 2] + rotation[rows]
         q_index, e_index = _near(query, at[rows], turned, radius)
         e_rows = rows[e_index]
@@ -1364,12 +1383,12 @@ class KeypointIndex:
         ok = hamming <= t.max_hamming
         q_index, e_rows, hamming = q_index[ok], e_rows[ok], hamming[ok]
         if not len(e_rows):
-            return exemplar, np.zeros((0, 2), np.int64), n_expected
+            return exemplar, no_pairs, points[rows]
         # The best query feature for each exemplar feature; of equally good ones, the first.
         order = np.lexsort((q_index, hamming, e_rows))
         first = np.r_[True, e_rows[order][1:] != e_rows[order][:-1]]
         best = order[first]
-        return exemplar, np.stack([e_rows[best], q_index[best]], axis=1), n_expected
+        return exemplar, np.stack([e_rows[best], q_index[best]], axis=1), points[rows]
 
     def _warp(self, row: int, homography: Array, query: _Query) -> tuple[Array, Array]:
         """The query where the homography puts exemplar `row`, resampled into the exemplar's
@@ -1462,7 +1481,7 @@ class KeypointIndex:
         covered = float((cover & seen).sum() / max(seen.sum(), 1))
         rest = valid & ~cover
         if not rest.any() or strongest <= 0:
-            return _Residual(covered, 0.0, float("inf"), 0.0, 0.0, 0.0)
+            return _Residual(cover, covered, 0.0, float("inf"), 0.0, 0.0, 0.0)
         # The regions' colours where the query shows them (not under the cover, which lends a
         # region its own colour) must be one recolouring of the exemplar's.
         thumbnail = self._thumbnails[row]
@@ -1496,6 +1515,7 @@ class KeypointIndex:
         near_query = cv2.dilate(query_edges.astype(np.uint8), near) > 0
         near_exemplar = cv2.dilate(exemplar_edges.astype(np.uint8), near) > 0
         return _Residual(
+            cover=cover,
             covered=covered,
             foreign=foreign,
             recolouring=recolouring,

@@ -20,8 +20,11 @@ from core.settings import Settings
 from generation import service as generation
 from pipeline import stages, tasks
 from pipeline.models import Job, JobDecision, JobImage, JobStage
+from reference_index.checks import check_image
+from tests.api.test_dashboard import png
 from tests.conftest import reset_caches
 from tests.pipeline.conftest import NewJobFactory, run_all_stages
+from tests.reference_index.test_keypoints import letters_covered, sign_with_letters
 
 
 def load(job_id: str) -> Job:
@@ -211,6 +214,26 @@ def test_an_exact_copy_of_a_protected_image_is_rejected(
     assert route.decision == "rejected"
     assert any(r["strength"] == "reject" and r["asset_id"] == "storm-light" for r in route.reasons)
     assert job.images[0].released_at is None
+
+
+def test_a_covered_copy_is_reported_as_a_copy_as_a_whole_whatever_the_inliers_asked(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cover leaves fewer corners than any homography needs; the copy is judged by its
+    pixels at the pose the image's frame gives, and keypoint_min_inliers (a homography's
+    count) does not silence it."""
+    monkeypatch.setenv("CLEARANCE_MATCHING__KEYPOINT_MIN_INLIERS", "40")
+    reset_caches()
+    sign = sign_with_letters()
+    _protect(settings, tmp_path, png(sign))
+    with session_scope() as session:
+        result = check_image(
+            png(letters_covered(sign)), session=session, settings=settings, tenant_id=None
+        )
+    (match,) = [m for m in result.matches if m.matcher == "keypoints"]
+    assert match.asset_id == "storm-light"
+    assert match.detail.startswith("a copy of an exemplar as a whole")
+    assert result.decision == "review"
 
 
 @pytest.mark.parametrize(

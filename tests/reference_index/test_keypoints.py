@@ -380,6 +380,43 @@ def test_a_copy_whose_covered_part_held_most_of_its_features_is_found() -> None:
     assert top(index.search(covered)) == "asset-bars"
 
 
+def sign_with_letters() -> Rgb:
+    """Two bars and two letters, which hold most of its corners."""
+    image = Image.new("RGB", (360, 250), (160, 250, 140))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((130, 36, 240, 64), fill=(60, 20, 200))
+    draw.rectangle((20, 36, 190, 80), fill=(160, 90, 150))
+    draw.text((150, 100), "2Q", fill=(160, 90, 150), font=ImageFont.load_default(size=60))
+    return np.asarray(image)
+
+
+def letters_covered(sign: Rgb) -> Rgb:
+    """`sign` (see sign_with_letters) with a photo over its letters and most of its bars:
+    31% of it, leaving fewer corners than min_inliers."""
+    covered = sign.copy()
+    covered[30:175, 100:290] = photo("astronaut", side=512)[100:245, 100:290]
+    return covered
+
+
+def test_a_copy_whose_cover_leaves_fewer_corners_than_a_homography_needs_is_found() -> None:
+    # As a whole, the image frame gives the pose (no homography is fitted to the corners
+    # left) and its pixels match outside the cover.
+    sign = sign_with_letters()
+    index = KeypointIndex.build(
+        [*((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items()), ("e", "asset-sign", sign)]
+    )
+
+    matches = index.search(letters_covered(sign))
+
+    assert [m.asset_id for m in matches] == ["asset-sign"]
+    assert not matches[0].fitted
+    assert matches[0].inliers < index.thresholds.min_inliers
+    assert iou(matches[0].box, (0, 0, 360, 250)) > 0.95
+    # The same background and cover without the bars: its layout agrees, its pixels do not.
+    plain = np.asarray(Image.new("RGB", (360, 250), (160, 250, 140)))
+    assert index.search(letters_covered(plain)) == []
+
+
 def test_a_cover_hiding_most_of_a_colour_region_does_not_take_its_place() -> None:
     # One yellow region: a big disc and a small quadrilateral. A grey photo hides nine tenths
     # of the disc, so most of the region's pixels in the query are the photo's; the region's
