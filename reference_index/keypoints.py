@@ -25,7 +25,10 @@ How a search works:
    covered can be left with plain corners that many logos share, which win no votes. The
    exemplars of the query's aspect ratio whose colour layout agrees best with it are
    candidates too, at that pose; they go straight to the checks of steps 5 and 6, with the
-   pairs guided matching finds at that pose as inliers.
+   pairs guided matching finds at that pose as inliers. So are the exemplars whose layouts
+   agree best with the inside of a quadrilateral outline in the query, in any of its four
+   turns, at the pose that puts their frame on it: a logo of round shapes, turned or seen at
+   an angle, has few corners, but its frame keeps four (_quads).
 4. Per candidate: a RANSAC homography, then checks that it describes a real, whole logo: enough
    distinct inliers, a high inlier ratio, the exemplar's outline projected to a convex,
    unmirrored, not collapsed or wildly skewed quad, and inliers that cover a good part of the
@@ -129,12 +132,24 @@ NEAR_FEATURES = 64  # per orientation bin, see _near
 LOG2_SCALE_BIN = 1.0  # factor 2 per scale bin
 POSES = 64 * 65536  # scale bins x position cells, see KeypointIndex._candidates
 POSES_PER_EXEMPLAR = 2  # see KeypointIndex._candidates
-# The whole-image hypothesis (KeypointIndex._whole_image_candidates): each exemplar's colour
+# The whole-exemplar hypotheses (KeypointIndex._framed_candidates): each exemplar's colour
 # layout on a LAYOUT_SIDE x LAYOUT_SIDE grid (cells of ~20 pixels of an exemplar); an
 # exemplar is a copy candidate of a query whose aspect ratio is within LAYOUT_ASPECT of its
 # own (resizing keeps it, up to rounding).
 LAYOUT_SIDE = 16
 LAYOUT_ASPECT = 0.03
+LAYOUT_SHORTLIST = 32  # see KeypointIndex._best_layouts
+# ... and of a quadrilateral outline in the query (see _quads): a logo on a sign, a label or
+# a page seen at an angle, or turned, keeps its frame's four corners. Outlines in the edges
+# of the query at half size (Canny on each channel) of at least QUAD_MIN_SIDE squared
+# pixels (working frame), within QUAD_TOLERANCE of their perimeter of a convex
+# quadrilateral; at most QUADS, largest first. An exemplar's frame is put on one whose
+# aspect ratio (mean lengths of opposite sides) is within a factor QUAD_ASPECT of its own: a
+# tilt foreshortens one direction.
+QUAD_MIN_SIDE = 32
+QUAD_TOLERANCE = 0.02
+QUADS = 4
+QUAD_ASPECT = 2.0
 # Graphic regions (see _graphic_regions), on the query at half size: GRAPHIC_BLOCK-pixel
 # blocks (of the working frame) where at least GRAPHIC_FLAT of the pixels are flat (colour
 # range over 3x3 below GRAPHIC_FLAT_RANGE) and at least GRAPHIC_EDGES sit on a sharp step
@@ -250,9 +265,9 @@ class KeypointThresholds:
     # has as many inliers (see _verify).
     min_thrown_corner: float = 0.25
     # A query that is an exemplar as a whole (its copy, resized, recompressed or partly
-    # covered) is verified at that pose for the whole_candidates exemplars whose colour
-    # layouts agree best with it, on at least min_layout of the grid's cells (see
-    # _whole_image_candidates).
+    # covered), or shows one in a quadrilateral outline, is verified at that pose for the
+    # whole_candidates exemplars (of each) whose colour layouts agree best with it, on at
+    # least min_layout of the grid's cells (see _framed_candidates).
     whole_candidates: int = 2
     min_layout: float = 0.5
     # A logo much smaller than the query (a sign in a street photo) has few corners ORB's
@@ -273,10 +288,10 @@ class KeypointMatch:
     inliers: int
     score: float  # 0..1, grows with the inlier count and with the inlier ratio
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the query image's pixels
-    # True: `inliers` are those of a homography fitted to them. False: the image as a whole
-    # is a copy of the exemplar; its frame gave the pose and `inliers` are the features
-    # found where that pose puts them (fewer than a fitted homography needs may do; see
-    # KeypointIndex._verify_whole).
+    # True: `inliers` are those of a homography fitted to them. False: the exemplar was
+    # found as a whole, its frame on the image's own or on a quadrilateral outline in it;
+    # that gave the pose, and `inliers` are the features found where it puts them (fewer
+    # than a fitted homography needs may do; see KeypointIndex._verify_framed).
     fitted: bool
 
 
@@ -309,6 +324,7 @@ class _Query:
     # enlarged (see KeypointIndex._zoom_boxes) with the smallest there.
     smallest: float
     zoomed: list[tuple[Box, float]]
+    quads: list[Array]  # quadrilateral outlines, see _quads
     pyramid: dict[int, Array] = field(default_factory=dict)  # see shrunk
     # The features' positions in k-d trees, one per GUIDED_ANGLE_BINS orientation bin, with
     # the features' indices (see _near).
@@ -573,6 +589,86 @@ def _layout(rgb: Array) -> Array:
     return layout
 
 
+def _coarse(layouts: Array) -> Array:
+    """(n, cells / 4, 3): (n, LAYOUT_SIDE, LAYOUT_SIDE, 3) colour layouts on a grid half as
+    fine, each cell the mean of four."""
+    n, side = len(layouts), LAYOUT_SIDE // 2
+    coarse: Array = layouts.reshape(n, side, 2, side, 2, 3).mean(axis=(2, 4))
+    return coarse.reshape(n, side * side, 3)
+
+
+def _agreement(layouts: Array, layout: Array) -> Array:
+    """(n,) for (n, cells, 3) layouts: the share of their cells within COLOUR_TOLERANCE of
+    the (cells, 3) `layout`'s."""
+    difference = layouts - layout
+    difference *= difference
+    # Channel by channel: numpy's reduction over a last axis of 3 takes several times as long.
+    squared = difference[..., 0] + difference[..., 1] + difference[..., 2]
+    agreeing: Array = np.count_nonzero(squared < COLOUR_TOLERANCE**2, axis=1) / layout.shape[0]
+    return agreeing
+
+
+def _quad_layout(rgb: Array, quad: Array) -> Array:
+    """The colour layout (see _layout) of the part of the image within `quad` ((4, 2),
+    clockwise from the corner taken as its top left), as if that part were stretched to a
+    rectangle: what an exemplar's layout is when its frame is on the quad."""
+    side = 4 * LAYOUT_SIDE  # sampled 4x4 per cell, then averaged
+    square = np.array([[0, 0], [side, 0], [side, side], [0, side]], np.float64)
+    warped = cv2.warpPerspective(rgb, _pose(quad, square), (side, side), flags=cv2.INTER_LINEAR)
+    return _layout(warped)
+
+
+def _pose(source: Array, target: Array) -> Array:
+    """The homography taking the four (4, 2) corners `source` to `target`, float64."""
+    pose: Array = cv2.getPerspectiveTransform(
+        source.astype(np.float32), target.astype(np.float32)
+    ).astype(np.float64)
+    return pose
+
+
+def _quads(rgb: Array) -> list[Array]:
+    """Up to QUADS quadrilateral outlines in the image, largest first: (4, 2) float64
+    corners, clockwise on screen from any of them (see QUAD_MIN_SIDE)."""
+    half = cv2.resize(rgb, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    edges = np.zeros(half.shape[:2], np.uint8)
+    for channel in cv2.split(half):
+        edges |= cv2.Canny(channel, 50, 150)
+    # Joins an outline's edge pixels where a corner or a weak step breaks it.
+    edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))
+    contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    smallest = (QUAD_MIN_SIDE / 2) ** 2
+    largest = 0.9 * half.shape[0] * half.shape[1]  # the image's own frame is tried anyway
+    found = []
+    for contour in contours:
+        area = cv2.contourArea(contour)
+        if not smallest <= area <= largest:
+            continue
+        corners = cv2.approxPolyDP(contour, QUAD_TOLERANCE * cv2.arcLength(contour, True), True)
+        if len(corners) == 4 and cv2.isContourConvex(corners):
+            found.append((area, corners.reshape(4, 2).astype(np.float64)))
+    found.sort(key=lambda f: -f[0])
+    quads: list[Array] = []
+    for _, corners in found:
+        # Pixel centres at half size: x there is (x + 0.5) * 2 - 0.5 here.
+        quad = corners * 2 + 0.5
+        x, y = quad[:, 0], quad[:, 1]
+        if np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) < 0:  # counter-clockwise
+            quad = quad[::-1]
+        # A dilated edge has an outline on each side: the same quadrilateral twice.
+        if any(_same_corners(quad, other) for other in quads):
+            continue
+        quads.append(quad)
+        if len(quads) == QUADS:
+            break
+    return quads
+
+
+def _same_corners(a: Array, b: Array) -> bool:
+    """Whether two quads have their corners within a few pixels, in whatever order."""
+    distance = np.linalg.norm(a[:, None] - b[None], axis=2)
+    return bool(distance.min(axis=1).max() <= 12)
+
+
 def _graphic_regions(rgb: Array) -> list[Box]:
     """Boxes (x0, y0, x1, y1; largest first) of the parts of an image that look like
     graphics rather than photo: flat colours meeting at sharp steps, as a logo, a sign or
@@ -788,9 +884,10 @@ class KeypointIndex:
         self._sizes: list[tuple[float, float]] = []  # (w, h) after scaling to exemplar_side
         self._labels: list[Array] = []  # colour regions, see _colour_regions
         self._thumbnails: list[Array] = []  # colour thumbnails, see _thumbnail
-        self._layouts: list[Array] = []  # colour layouts, see _whole_image_candidates
+        self._layouts: list[Array] = []  # colour layouts, see _framed_candidates
         self._edge_maps: list[tuple[Array, float]] = []  # see _edge_map
-        self._stacked_layouts: tuple[Array, Array] | None = None  # layouts, log aspect ratios
+        # Layouts: fine, coarse, log aspect ratios; see _layout_arrays.
+        self._stacked_layouts: tuple[Array, Array, Array] | None = None
         self._chunks: list[tuple[Array, Array, Array]] = []  # descriptors, geometry, owner
         self._joined: tuple[Array, Array, Array] | None = None
         self._index: Any = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
@@ -909,7 +1006,11 @@ class KeypointIndex:
         whole = len(jobs)  # the jobs describing the whole query; then its enlarged regions
         zoom_boxes = self._zoom_boxes(colour)
         jobs += [functools.partial(self._zoomed, colour, box, factor) for box, factor in zoom_boxes]
-        described = list(_workers().map(lambda job: job(), jobs))
+        running = _workers().map(lambda job: job(), jobs)
+        # Queued after the features: the thread done with the lightness and the regions while
+        # the other still describes luma finds the quadrilaterals meanwhile.
+        quads = _workers().submit(_quads, colour)
+        described = list(running)
         features = _join([f for f in described if f is not None])
         if features is None:
             return None
@@ -923,7 +1024,15 @@ class KeypointIndex:
             for (box, _), f in zip(zoom_boxes, described[whole:], strict=True)
             if f is not None
         ]
-        return _Query(features, scale, colour, (height, width), smallest(described[:whole]), zoomed)
+        return _Query(
+            features,
+            scale,
+            colour,
+            (height, width),
+            smallest(described[:whole]),
+            zoomed,
+            quads.result(),
+        )
 
     def _spread_features(self, orb: Any, channel: Array, budget: int) -> _Features | None:
         """The features of one channel of a query image, spread over it (see _spread)."""
@@ -1019,14 +1128,13 @@ class KeypointIndex:
                     matches.append(match)
                     matched.add(match.asset_id)
         # A copy whose features were found needs no second look as a whole.
-        whole = [
-            r for r in self._whole_image_candidates(query) if self._asset_ids[r] not in matched
-        ]
-        matches += [
-            m
-            for m in _workers().map(lambda r: self._verify_whole(r, query), whole)
-            if m is not None
-        ]
+        framed = [c for c in self._framed_candidates(query) if self._asset_ids[c[0]] not in matched]
+
+        def verify_framed(candidate: tuple[int, Array, float]) -> KeypointMatch | None:
+            row, pose, radius = candidate
+            return self._verify_framed(row, pose, radius, query)
+
+        matches += [m for m in _workers().map(verify_framed, framed) if m is not None]
         found: dict[str, KeypointMatch] = {}
         for match in matches:
             best = found.get(match.asset_id)
@@ -1174,26 +1282,27 @@ class KeypointIndex:
             row, query, affine, affine_quad, affine_inliers, expected, source[affine_inlier]
         )
 
-    def _verify_whole(self, row: int, query: _Query) -> KeypointMatch | None:
-        """A match if the query as a whole is a copy of the exemplar in `row` (see
-        _whole_image_candidates), else None. The pose is given, the exemplar's frame
-        stretched over the query's: the pairs are the exemplar features with a like query
-        feature within ransac_px of where it puts them. (A homography fitted to the few
-        plain corners a covered copy may keep is worse than that pose.) Nothing is fitted to
-        the pairs, so they need not outnumber what chance fits: as many as a candidate's seeds
-        need are enough (a cover over a simple logo's letters can leave fewer than min_inliers
-        of its corners), and the pixel checks decide."""
+    def _verify_framed(
+        self, row: int, pose: Array, radius: float, query: _Query
+    ) -> KeypointMatch | None:
+        """A match if the query shows the exemplar in `row` as a whole where `pose` (a
+        homography, see _framed_candidates) puts its frame, else None: the pairs are the
+        exemplar features with a like query feature within `radius` of where the pose puts
+        them. (A homography fitted to the few plain corners a covered copy may keep is worse
+        than that pose.) Nothing is fitted to the pairs, so they need not outnumber what
+        chance fits: as many as a candidate's seeds need are enough (a cover over a simple
+        logo's letters can leave fewer than min_inliers of its corners; round shapes have
+        few), and the pixel checks decide."""
         t = self.thresholds
-        w, h = self._sizes[row]
-        height, width = query.colour.shape[:2]
-        stretch = np.diag([width / w, height / h, 1.0])
-        exemplar, pairs, expected = self._guided_pairs(row, stretch, query, t.ransac_px)
+        exemplar, pairs, expected = self._guided_pairs(row, pose, query, radius)
         source = exemplar.geometry[pairs[:, 0], :2]
         inliers = _distinct(source, query.features.geometry[pairs[:, 1], :2])
         if inliers < t.min_seed_inliers:
             return None
-        quad = cv2.perspectiveTransform(self._corners(row), stretch)[0]
-        return self._judge(row, query, stretch, quad, inliers, expected, source, fitted=False)
+        quad = cv2.perspectiveTransform(self._corners(row), pose)[0]
+        if not _outline_ok(quad, t):
+            return None
+        return self._judge(row, query, pose, quad, inliers, expected, source, fitted=False)
 
     def _judge(
         self,
@@ -1209,7 +1318,7 @@ class KeypointIndex:
         """The match the homography (exemplar `row` -> the query's working frame, projecting
         the outline to `quad`, with `inliers` distinct inliers at `anchors` in the exemplar,
         `expected` the exemplar positions of the features the query could show; `fitted`
-        unless the pose was given, see _verify_whole) describes, if the query there looks
+        unless the pose was given, see _verify_framed) describes, if the query there looks
         like the exemplar: the coverage, appearance, structure and pixel checks; else None."""
         t = self.thresholds
         coverage = inliers / max(_places(expected), 1)
@@ -1297,38 +1406,78 @@ class KeypointIndex:
         strongest = float(strength[extent > 0].max()) if (extent > 0).any() else 0.0
         return strength > 0.25 * strongest, strongest
 
-    def _layout_arrays(self) -> tuple[Array, Array]:
-        """Every exemplar's colour layout, stacked, and the log of its aspect ratio."""
+    def _layout_arrays(self) -> tuple[Array, Array, Array]:
+        """Every exemplar's colour layout, stacked: (n, cells, 3) on the LAYOUT_SIDE grid and
+        on one half as fine (see _coarse); the log of its aspect ratio."""
         if self._stacked_layouts is None:
             sizes = np.asarray(self._sizes, np.float64).reshape(-1, 2)
-            layouts = np.array(self._layouts, np.float32)
+            layouts = np.array(self._layouts, np.float32).reshape(-1, LAYOUT_SIDE, LAYOUT_SIDE, 3)
             self._stacked_layouts = (
-                layouts.reshape(-1, LAYOUT_SIDE, LAYOUT_SIDE, 3),
+                layouts.reshape(len(layouts), -1, 3),
+                _coarse(layouts),
                 np.log(sizes[:, 0] / sizes[:, 1]),
             )
         return self._stacked_layouts
 
-    def _whole_image_candidates(self, query: _Query) -> list[int]:
-        """Exemplar rows the query may be a copy of as a whole, best first.
+    def _framed_candidates(self, query: _Query) -> list[tuple[int, Array, float]]:
+        """(exemplar row, pose: the homography putting its frame on the query's or on a
+        quadrilateral outline in it, the guided radius there) of the exemplars the query may
+        show as a whole, best first.
 
         A simple logo with a part covered can be left with plain corners and edges that many
-        other logos have too: the descriptor index returns those logos' features for them,
-        and no pose of the right one gets the votes. A copy still has the exemplar's colour
-        in each cell of a grid stretched over it wherever it is not covered, which other
-        images of that aspect ratio rarely have. The whole_candidates exemplars of about the
-        query's aspect ratio (LAYOUT_ASPECT) whose layouts agree with the query's on the most
-        cells (within COLOUR_TOLERANCE), at least min_layout of them, are verified at that
-        pose like any candidate: the checks decide, not this shortlist."""
+        other logos have too; round shapes have few corners at all. The descriptor index
+        returns other logos' features for them, and no pose of the right one gets the votes.
+        A copy still has the exemplar's colour in each cell of a grid stretched over its
+        frame wherever it is not covered, which other images rarely have. Two frames are
+        tried: the query's own (a copy, resized, recompressed or covered: of about the
+        query's aspect ratio, LAYOUT_ASPECT), and its quadrilateral outlines (_quads: a copy
+        turned, tilted or pasted into a picture; each in its four turns, of an aspect ratio
+        within QUAD_ASPECT). For each, the whole_candidates exemplars whose layouts agree with
+        the query's there on the most cells (within COLOUR_TOLERANCE), at least min_layout of
+        them, are verified at that pose like any candidate: the checks decide, not this
+        shortlist. The query's frame is exact (ransac_px); an outline is found within a
+        couple of pixels (guided_px)."""
         t = self.thresholds
-        layouts, aspects = self._layout_arrays()
         height, width = query.colour.shape[:2]
-        near = np.flatnonzero(np.abs(aspects - np.log(width / height)) <= LAYOUT_ASPECT)
-        if not len(near):
-            return []
-        distance = np.linalg.norm(layouts[near] - _layout(query.colour), axis=3)
-        agreeing = (distance < COLOUR_TOLERANCE).mean(axis=(1, 2))
-        best = np.argsort(-agreeing, kind="stable")[: t.whole_candidates]
-        return [int(near[i]) for i in best if agreeing[i] >= t.min_layout]
+        frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
+        # Averaging an eighth as large is as good and quicker than averaging all of it.
+        shrunk, _ = query.shrunk(min(1.0, 8 * LAYOUT_SIDE / max(height, width)))
+        framed = [
+            (row, frame, t.ransac_px)
+            for row in self._best_layouts([frame], [_layout(shrunk)], LAYOUT_ASPECT)
+        ]
+        turns = [np.roll(quad, -turn, axis=0) for quad in query.quads for turn in range(4)]
+        layouts = [_quad_layout(query.colour, quad) for quad in turns]
+        on_quads = self._best_layouts(turns, layouts, np.log(QUAD_ASPECT))
+        framed += [(row, turns[at], t.guided_px) for row, at in on_quads.items()]
+        return [(row, _pose(self._corners(row)[0], quad), radius) for row, quad, radius in framed]
+
+    def _best_layouts(
+        self, quads: list[Array], layouts: list[Array], tolerance: float
+    ) -> dict[int, int]:
+        """{exemplar row: index of its quad} for the whole_candidates exemplars whose layouts
+        agree best with the query's `layouts` in one of the `quads` ((4, 2), clockwise from
+        where the exemplar's top left would be) of an aspect ratio within `tolerance` (log)
+        of theirs, on at least min_layout of the cells; best first."""
+        t = self.thresholds
+        fine, coarse, aspects = self._layout_arrays()
+        best = np.zeros(len(aspects))
+        where = np.zeros(len(aspects), np.int64)
+        for at, (quad, layout) in enumerate(zip(quads, layouts, strict=True)):
+            sides = np.linalg.norm(quad - np.roll(quad, -1, axis=0), axis=1)
+            aspect = np.log((sides[0] + sides[2]) / max(sides[1] + sides[3], 1e-9))
+            near = np.flatnonzero(np.abs(aspects - aspect) <= tolerance)
+            # Coarse to fine: the grid half as fine shortlists (a quarter of the work over
+            # every exemplar), the full grid decides.
+            if len(near) > LAYOUT_SHORTLIST:
+                agreeing = _agreement(coarse[near], _coarse(layout[None])[0])
+                near = near[np.argpartition(-agreeing, LAYOUT_SHORTLIST)[:LAYOUT_SHORTLIST]]
+            agreeing = _agreement(fine[near], layout.reshape(-1, 3))
+            better = agreeing > best[near]
+            best[near[better]] = agreeing[better]
+            where[near[better]] = at
+        chosen = np.argsort(-best, kind="stable")[: t.whole_candidates]
+        return {int(row): int(where[row]) for row in chosen if best[row] >= t.min_layout}
 
     def _guided_pairs(
         self, row: int, homography: Array, query: _Query, radius: float
