@@ -280,9 +280,10 @@ def tilted(rgb: Rgb) -> Rgb:
     h, w = rgb.shape[:2]
     frame = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
     warp = cv2.getPerspectiveTransform(frame, TILTED.astype(np.float32))
-    return cv2.warpPerspective(
+    canvas = cv2.warpPerspective(
         rgb, warp, (520, 460), flags=cv2.INTER_CUBIC, borderValue=(230, 60, 240)
     )
+    return np.asarray(canvas, np.uint8)
 
 
 def test_tilted_round_logos_among_look_alikes_are_found_by_their_frames() -> None:
