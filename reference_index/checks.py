@@ -214,8 +214,9 @@ def _index_candidates(
             if exemplar is None:  # not in this version's exemplar table: cannot be judged
                 continue
             asset = assets.get(exemplar.asset_id)
-            # A homography needs enough inliers to be more than chance; a copy as a whole
-            # (its pose given by the image's frame) is judged by its pixels instead.
+            # A homography needs enough inliers to be more than chance; an exemplar found as
+            # a whole (its pose given by the image's frame or an outline in it, nothing
+            # fitted) is judged by its pixels instead.
             if hit.fitted and hit.inliers < _threshold(
                 asset, "keypoint_min_inliers", settings.matching.keypoint_min_inliers
             ):
