@@ -148,6 +148,7 @@ LAYOUT_SHORTLIST = 32  # see KeypointIndex._best_layouts
 # tilt foreshortens one direction.
 QUAD_MIN_SIDE = 32
 QUAD_TOLERANCE = 0.02
+QUAD_SUPPORT = 0.8  # of its sides' points on an edge, see _quads
 QUADS = 4
 QUAD_ASPECT = 2.0
 # Graphic regions (see _graphic_regions), on the query at half size: GRAPHIC_BLOCK-pixel
@@ -636,6 +637,8 @@ def _quads(rgb: Array) -> list[Array]:
     # Joins an outline's edge pixels where a corner or a weak step breaks it.
     edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))
     contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    # A hull runs along the outside of an outline's pixels: a side is on an edge within 2.
+    near_edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))
     smallest = (QUAD_MIN_SIDE / 2) ** 2
     largest = 0.9 * half.shape[0] * half.shape[1]  # the image's own frame is tried anyway
     found = []
@@ -643,9 +646,26 @@ def _quads(rgb: Array) -> list[Array]:
         area = cv2.contourArea(contour)
         if not smallest <= area <= largest:
             continue
-        corners = cv2.approxPolyDP(contour, QUAD_TOLERANCE * cv2.arcLength(contour, True), True)
-        if len(corners) == 4 and cv2.isContourConvex(corners):
-            found.append((area, corners.reshape(4, 2).astype(np.float64)))
+        # Around its convex hull: a shape inside the frame that touches it, or texture
+        # outside meeting it, joins its outline; the hull's sides are still the frame's.
+        hull = cv2.convexHull(contour)
+        corners = cv2.approxPolyDP(hull, QUAD_TOLERANCE * cv2.arcLength(hull, True), True)
+        if len(corners) != 4:
+            continue
+        corners = corners.reshape(4, 2).astype(np.float64)
+        # ... but the hull of a jagged outline has sides across nothing: most of the
+        # quadrilateral's sides must be edges.
+        along = np.linspace(0, 1, 32, endpoint=False)[:, None]
+        sides = np.concatenate(
+            [
+                c + along * (d - c)
+                for c, d in zip(corners, np.roll(corners, -1, axis=0), strict=True)
+            ]
+        )
+        x, y = np.round(sides).astype(int).T
+        inside = (x >= 0) & (y >= 0) & (x < edges.shape[1]) & (y < edges.shape[0])
+        if inside.all() and (near_edges[y, x] > 0).mean() >= QUAD_SUPPORT:
+            found.append((cv2.contourArea(corners.astype(np.float32)), corners))
     found.sort(key=lambda f: -f[0])
     quads: list[Array] = []
     for _, corners in found:

@@ -307,13 +307,32 @@ def test_tilted_round_logos_among_look_alikes_are_found_by_their_frames() -> Non
 def test_quads_are_outlines_with_four_corners() -> None:
     sign = tilted(logo(1))
 
-    (quad,) = keypoints._quads(sign)
+    quad = keypoints._quads(sign)[0]  # the largest; the logo's shapes may follow
 
     # Clockwise from some corner: the same cycle as TILTED, up to where it starts; within
     # two pixels of the edges found at half size.
     turn = int(np.argmin(np.linalg.norm(quad - TILTED[0], axis=1)))
     assert np.abs(np.roll(quad, -turn, axis=0) - TILTED).max() <= 4
-    assert keypoints._quads(photo("coffee")) == []
+
+
+def test_a_sign_whose_shapes_touch_its_frame_has_that_frame_as_a_quad() -> None:
+    # The heptagon and the bar touch the frame: the outline around the sign's inside has
+    # notches, and the photo's edges meet it outside; its hull's sides are still the frame.
+    sign = Image.new("RGB", (100, 120), (190, 210, 0))
+    draw = ImageDraw.Draw(sign)
+    draw.regular_polygon((86, 22, 16), 7, fill=(60, 110, 240))
+    draw.rectangle((60, 100, 66, 120), fill=(60, 110, 240))
+    draw.arc((10, 20, 70, 80), 30, 300, fill=(60, 110, 240), width=8)
+    scene = photo("hubble_deep_field").copy()
+    scene[800:920, 800:900] = np.asarray(sign)
+    frame = np.array([[800, 800], [900, 800], [900, 920], [800, 920]], np.float64)
+
+    def error(quad: npt.NDArray[np.float64]) -> float:
+        turn = int(np.argmin(np.linalg.norm(quad - frame[0], axis=1)))
+        return float(np.abs(np.roll(quad, -turn, axis=0) - frame).max())
+
+    # Within the guided radius (the hull runs outside the edge pixels, at half size).
+    assert min(error(quad) for quad in keypoints._quads(scene)) <= 6
 
 
 def test_a_look_alike_sharing_the_letters_is_not_the_logo() -> None:
