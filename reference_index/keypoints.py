@@ -142,13 +142,13 @@ LAYOUT_SHORTLIST = 32  # see KeypointIndex._best_layouts
 # ... and of a quadrilateral outline in the query (see _quads): a logo on a sign, a label or
 # a page seen at an angle, or turned, keeps its frame's four corners. Outlines in the edges
 # of the query at half size (Canny on each channel) of at least QUAD_MIN_SIDE squared
-# pixels (working frame), within QUAD_TOLERANCE of their perimeter of a convex
-# quadrilateral; at most QUADS, largest first. An exemplar's frame is put on one whose
-# aspect ratio (mean lengths of opposite sides) is within a factor QUAD_ASPECT of its own: a
-# tilt foreshortens one direction.
+# pixels (working frame) whose convex hull is within QUAD_TOLERANCE of its perimeter of a
+# quadrilateral with edges along QUAD_SUPPORT of its sides; at most QUADS, largest first.
+# An exemplar's frame is put on one whose aspect ratio (mean lengths of opposite sides) is
+# within a factor QUAD_ASPECT of its own: a tilt foreshortens one direction.
 QUAD_MIN_SIDE = 32
 QUAD_TOLERANCE = 0.02
-QUAD_SUPPORT = 0.8  # of its sides' points on an edge, see _quads
+QUAD_SUPPORT = 0.8
 QUADS = 4
 QUAD_ASPECT = 2.0
 # Graphic regions (see _graphic_regions), on the query at half size: GRAPHIC_BLOCK-pixel
