@@ -1460,8 +1460,10 @@ class KeypointIndex:
         t = self.thresholds
         height, width = query.colour.shape[:2]
         frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
-        # Averaging an eighth as large is as good and quicker than averaging all of it.
-        shrunk, _ = query.shrunk(min(1.0, 8 * LAYOUT_SIDE / max(height, width)))
+        # Averaging a query shrunk to 8 pixels a cell is as good and quicker than averaging
+        # all of a large one (shrunk takes factors below 1 only; a small query is used whole).
+        factor = 8 * LAYOUT_SIDE / max(height, width)
+        shrunk = query.shrunk(factor)[0] if factor < 1 else query.colour
         framed = [
             (row, frame, t.ransac_px)
             for row in self._best_layouts([frame], [_layout(shrunk)], LAYOUT_ASPECT)
