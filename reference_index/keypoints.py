@@ -132,6 +132,8 @@ NEAR_FEATURES = 64  # per orientation bin, see _near
 LOG2_SCALE_BIN = 1.0  # factor 2 per scale bin
 POSES = 64 * 65536  # scale bins x position cells, see KeypointIndex._candidates
 POSES_PER_EXEMPLAR = 2  # see KeypointIndex._candidates
+VOTE_BUCKET_BITS = 20  # 2^20 hash buckets counting votes, see KeypointIndex._candidates
+VOTE_HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: 2^64 / golden ratio, odd
 # The whole-exemplar hypotheses (KeypointIndex._framed_candidates): each exemplar's colour
 # layout on a LAYOUT_SIDE x LAYOUT_SIDE grid (cells of ~20 pixels of an exemplar); an
 # exemplar is a copy candidate of a query whose aspect ratio is within LAYOUT_ASPECT of its
@@ -1119,6 +1121,9 @@ class KeypointIndex:
         query_rows = np.nonzero(keep)[0]
         _, geometry, owner = self._joined_arrays()
         exemplar_rows = ids[keep]
+        # Meanwhile, a worker looks for exemplars shown as a whole, on the image's frame or
+        # on outlines in it (the voting below keeps this thread busy).
+        framing = _workers().submit(self._framed_matches, query)
         candidates = self._candidates(
             query.features.geometry[query_rows], geometry[exemplar_rows], owner[exemplar_rows]
         )
@@ -1136,31 +1141,38 @@ class KeypointIndex:
             return self._verify(exemplar, seeds, query)
 
         # Best first, until max_candidates have found no new asset: an image showing several
-        # logos gets one more candidate for each one found.
+        # logos gets one more candidate for each one found. Each is verified as soon as it
+        # is drawn, while the next are.
         matches: list[KeypointMatch] = []
         matched: set[str] = set()  # their assets
         failed = 0
-        while batch := list(itertools.islice(candidates, t.max_candidates - failed)):
-            for match in _workers().map(verify, batch):
+        while batch := [
+            _workers().submit(verify, candidate)
+            for candidate in itertools.islice(candidates, t.max_candidates - failed)
+        ]:
+            for verifying in batch:
+                match = verifying.result()
                 if match is None or match.asset_id in matched:
                     failed += 1
                 if match is not None:
                     matches.append(match)
                     matched.add(match.asset_id)
         # A copy whose features were found needs no second look as a whole.
-        framed = [c for c in self._framed_candidates(query) if self._asset_ids[c[0]] not in matched]
-
-        def verify_framed(candidate: tuple[int, Array, float]) -> KeypointMatch | None:
-            row, pose, radius = candidate
-            return self._verify_framed(row, pose, radius, query)
-
-        matches += [m for m in _workers().map(verify_framed, framed) if m is not None]
+        matches += [m for m in framing.result() if m.asset_id not in matched]
         found: dict[str, KeypointMatch] = {}
         for match in matches:
             best = found.get(match.asset_id)
             if best is None or match.score > best.score:
                 found[match.asset_id] = match
         return sorted(found.values(), key=lambda m: (-m.score, -m.inliers))
+
+    def _framed_matches(self, query: _Query) -> list[KeypointMatch]:
+        """The exemplars the query shows as a whole (see _framed_candidates)."""
+        verified = (
+            self._verify_framed(row, pose, radius, query)
+            for row, pose, radius in self._framed_candidates(query)
+        )
+        return [match for match in verified if match is not None]
 
     def _candidates(
         self, query: Array, exemplar: Array, owner: Array
@@ -1202,10 +1214,13 @@ class KeypointIndex:
             (owner.astype(np.int64)[:, None, None] * ANGLE_BINS + angle_bins[:, :, None]) * POSES
             + pose[:, None, :]
         ).reshape(len(owner), 4)
-        unique, counts = np.unique(keys, return_counts=True)
-        # Each exemplar's correspondences, found by bisection rather than a scan per candidate.
-        by_owner = np.argsort(owner, kind="stable")
-        owners_sorted = owner[by_owner]
+        # Most cells get a vote or two. Sorting every key took a tenth of a search; a cell has
+        # at most the votes of its hash bucket, so only keys in buckets with min_votes are
+        # sorted (the same cells, a few hundredths of the keys).
+        bucket = (keys.view(np.uint64) * VOTE_HASH) >> np.uint64(64 - VOTE_BUCKET_BITS)
+        bucket = bucket.astype(np.int64)
+        votes = np.bincount(bucket.ravel(), minlength=1 << VOTE_BUCKET_BITS)
+        unique, counts = np.unique(keys[votes[bucket] >= t.min_votes], return_counts=True)
         # Per exemplar, the poses (voting cells) taken and their correspondences.
         taken: dict[int, list[tuple[tuple[int, int, int, int], Array]]] = {}
         for cell in np.argsort(-counts, kind="stable"):
@@ -1219,16 +1234,17 @@ class KeypointIndex:
             previous = taken.setdefault(row, [])
             if len(previous) >= POSES_PER_EXEMPLAR or any(_same_pose(pose, p) for p, _ in previous):
                 continue
-            # The cell's correspondences and those in the neighbouring position cells.
-            start, stop = np.searchsorted(owners_sorted, [row, row + 1])
-            mine = by_owner[start:stop]
+            # The cell's correspondences and those in the neighbouring position cells, of
+            # the exemplar's (a scan per candidate: the few dozen a search draws take less
+            # than sorting the correspondences by exemplar).
+            mine = np.flatnonzero(owner == row)
             near = (
                 (angle_bins[mine, :, None] == angle_bin)
                 & (scale_bins[mine, None, :] + 32 == scale_bin)
                 & (np.abs(x_bins[mine, None, :] + 128 - x_bin) <= 1)
                 & (np.abs(y_bins[mine, None, :] + 128 - y_bin) <= 1)
             ).any(axis=(1, 2))
-            members = np.sort(mine[near])
+            members = mine[near]
             if any(np.isin(members, m).mean() >= 0.5 for _, m in previous):
                 continue
             previous.append((pose, members))
