@@ -255,6 +255,10 @@ class KeypointThresholds:
     min_colours_covered: float = 0.97
     min_edges_found_covered: float = 0.97
     min_edges_explained_covered: float = 0.9
+    # A whole copy (less than min_covered set aside) whose pixels match at those *_covered
+    # levels needs only this coverage (see _judge): a logo small in a photo keeps few of its
+    # features, and a look-alike that shares shapes does not match pixel for pixel.
+    min_coverage_exact: float = 0.05
     # Either way, the colours of the exemplar's regions the query shows must be one recolouring
     # of the exemplar's (see _recolouring_error) within this many RGB units.
     max_recolouring: float = 40.0
@@ -1381,20 +1385,35 @@ class KeypointIndex:
             and residual.edges_found >= t.min_edges_found_covered
             and residual.edges_explained >= t.min_edges_explained_covered
         )
-        # Below min_coverage only a partly covered copy can pass: the rest need no edge checks.
-        if coverage < t.min_coverage and not partly_covered:
+        # A whole copy the pixels explain as well as they must a partly covered one's rest:
+        # few of its features may be found (a logo small in a photo keeps few corners that
+        # ORB's patches describe without the scene around them).
+        exact = (
+            residual.covered < t.min_covered
+            and coverage >= t.min_coverage_exact
+            and residual.colours >= t.min_colours_covered
+            and residual.edges_found >= t.min_edges_found_covered
+            and residual.edges_explained >= t.min_edges_explained_covered
+        )
+        # Below min_coverage only those and a partly covered copy can pass: the rest need no
+        # edge checks.
+        if coverage < t.min_coverage and not (exact or partly_covered):
             return None
         structure, shown = self._structure(row, warped, inside)
         if shown < t.min_shown:
             return None
-        whole = (
+        # Few features and every pixel its own, or more features and most pixels.
+        enough_evidence = exact or (
             coverage >= t.min_coverage
-            and self._agreement(row, warped, inside) >= t.min_agreement
-            and structure >= t.min_structure
             and coverage * structure >= t.min_evidence
             and residual.colours >= t.min_colours
             and residual.edges_found >= t.min_edges_found
             and residual.edges_explained >= t.min_edges_explained
+        )
+        whole = (
+            enough_evidence
+            and structure >= t.min_structure
+            and self._agreement(row, warped, inside) >= t.min_agreement
         )
         if not (whole or partly_covered):
             return None

@@ -649,6 +649,48 @@ def test_a_plain_sign_90_pixels_wide_in_grass_is_found_in_its_region_enlarged() 
     assert KeypointIndex.build(exemplars, zoom_regions=0).search(scene) == []
 
 
+def arcs_ring_and_letter() -> Rgb:
+    """A sign of three round strokes and one letter: few corners for ORB to describe."""
+    image = Image.new("RGB", (284, 270), (120, 164, 34))
+    draw = ImageDraw.Draw(image)
+    pink = (234, 205, 239)
+    draw.arc((-20, 40, 100, 160), 270, 100, fill=pink, width=14)
+    draw.arc((0, 10, 220, 230), 95, 170, fill=pink, width=26)
+    draw.ellipse((160, 60, 250, 150), outline=pink, width=12)
+    draw.text((140, 160), "Y", fill=pink, font=ImageFont.load_default(size=72))
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize("place", [(30, 920), (500, 500)])
+def test_a_small_sign_with_few_features_found_but_every_pixel_its_own_is_found(
+    place: tuple[int, int],
+) -> None:
+    # 102 pixels wide in a photo, the sign keeps under a tenth of the features it could show
+    # (min_coverage): round strokes have few corners, and ORB's patches around them take in
+    # the photo. Where the homography puts it, its pixels are the exemplar's, colour and edge
+    # alike, as only a copy's are: that evidence lets a lower coverage do.
+    sign = arcs_ring_and_letter()
+    others = {f"asset-x{i}": logo(100 + i) for i in range(20)}
+    exemplars = [
+        *((f"exemplar-{a}", a, rgb) for a, rgb in {**LOGOS, **others}.items()),
+        ("e", "asset-sign", sign),
+    ]
+    left, _, _ = skimage.data.stereo_motorcycle()
+    scene = np.asarray(Image.fromarray(left).resize((1024, 1024), Image.Resampling.LANCZOS)).copy()
+    x, y, w, h = *place, 102, 97
+    scene[y : y + h, x : x + w] = np.asarray(
+        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
+    )
+
+    matches = KeypointIndex.build(exemplars).search(scene)
+
+    assert [m.asset_id for m in matches] == ["asset-sign"]
+    assert matches[0].fitted
+    assert iou(matches[0].box, (x, y, x + w, y + h)) > 0.8
+    strict = KeypointIndex.build(exemplars, min_coverage_exact=0.1)
+    assert strict.search(scene) == []
+
+
 def test_graphic_regions_are_drawn_parts_not_photo_texture() -> None:
     scene = photo("gravel").copy()
     assert keypoints._graphic_regions(scene) == []
