@@ -4,7 +4,7 @@ matching photos, look-alikes that share letters, or images without usable featur
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -675,7 +675,8 @@ def test_a_small_sign_with_few_features_found_but_every_pixel_its_own_is_found(
         *((f"exemplar-{a}", a, rgb) for a, rgb in {**LOGOS, **others}.items()),
         ("e", "asset-sign", sign),
     ]
-    left, _, _ = skimage.data.stereo_motorcycle()
+    motorcycle: Callable[[], tuple[Rgb, Rgb, object]] = skimage.data.stereo_motorcycle
+    left, _, _ = motorcycle()
     scene = np.asarray(Image.fromarray(left).resize((1024, 1024), Image.Resampling.LANCZOS)).copy()
     x, y, w, h = *place, 102, 97
     scene[y : y + h, x : x + w] = np.asarray(
