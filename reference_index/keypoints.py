@@ -1218,9 +1218,9 @@ class KeypointIndex:
             (owner.astype(np.int64)[:, None, None] * ANGLE_BINS + angle_bins[:, :, None]) * POSES
             + pose[:, None, :]
         ).reshape(len(owner), 4)
-        # Most cells get a vote or two. Sorting every key took a tenth of a search; a cell has
-        # at most the votes of its hash bucket, so only keys in buckets with min_votes are
-        # sorted (the same cells, a few hundredths of the keys).
+        # Most cells get a vote or two. Sorting every key (~110,000 a 1024² photo) took ~5 ms
+        # while the workers waited; a cell has at most the votes of its hash bucket, so only
+        # keys in buckets with min_votes are sorted (the same cells, about a sixth of them).
         bucket = (keys.view(np.uint64) * VOTE_HASH) >> np.uint64(64 - VOTE_BUCKET_BITS)
         bucket = bucket.astype(np.int64)
         votes = np.bincount(bucket.ravel(), minlength=1 << VOTE_BUCKET_BITS)
