@@ -1161,7 +1161,8 @@ class KeypointIndex:
                 if match is not None:
                     matches.append(match)
                     matched.add(match.asset_id)
-        # A copy whose features were found needs no second look as a whole.
+        # A copy whose features were found keeps that match; its look as a whole, taken
+        # meanwhile, is dropped.
         matches += [m for m in framing.result() if m.asset_id not in matched]
         found: dict[str, KeypointMatch] = {}
         for match in matches:
@@ -1377,23 +1378,25 @@ class KeypointIndex:
         fit = LABEL_SIDE / max(self._sizes[row])
         at = np.clip(np.round(expected * fit).astype(int), 0, LABEL_SIDE - 1)
         left = expected[~residual.cover[at[:, 1], at[:, 0]]]
-        partly_covered = (
-            t.min_covered <= residual.covered <= t.max_covered
-            and inliers >= t.min_coverage * _places(left)
-            and residual.foreign >= t.min_foreign_covered
-            and residual.colours >= t.min_colours_covered
+        # Outside what is set aside as covered, the pixels match almost perfectly.
+        pixel_for_pixel = (
+            residual.colours >= t.min_colours_covered
             and residual.edges_found >= t.min_edges_found_covered
             and residual.edges_explained >= t.min_edges_explained_covered
         )
-        # A whole copy the pixels explain as well as they must a partly covered one's rest:
-        # few of its features may be found (a logo small in a photo keeps few corners that
-        # ORB's patches describe without the scene around them).
+        partly_covered = (
+            pixel_for_pixel
+            and t.min_covered <= residual.covered <= t.max_covered
+            and inliers >= t.min_coverage * _places(left)
+            and residual.foreign >= t.min_foreign_covered
+        )
+        # A whole copy matching pixel for pixel: few of its features may be found (a logo
+        # small in a photo keeps few corners that ORB's patches describe without the scene
+        # around them).
         exact = (
-            residual.covered < t.min_covered
+            pixel_for_pixel
+            and residual.covered < t.min_covered
             and coverage >= t.min_coverage_exact
-            and residual.colours >= t.min_colours_covered
-            and residual.edges_found >= t.min_edges_found_covered
-            and residual.edges_explained >= t.min_edges_explained_covered
         )
         # Below min_coverage only those and a partly covered copy can pass: the rest need no
         # edge checks.

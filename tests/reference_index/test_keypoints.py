@@ -70,6 +70,12 @@ def iou(a: Box, b: Box) -> float:
 LOGOS = {f"asset-{i}": logo(i) for i in range(6)}
 
 
+def among_26_logos() -> list[tuple[str, str, Rgb]]:
+    """(exemplar id, asset id, image) of LOGOS and 20 more logos like them."""
+    others = {f"asset-x{i}": logo(100 + i) for i in range(20)}
+    return [(f"exemplar-{a}", a, rgb) for a, rgb in {**LOGOS, **others}.items()]
+
+
 @pytest.fixture(scope="module")
 def index() -> KeypointIndex:
     return KeypointIndex.build((f"exemplar-{a}", a, rgb) for a, rgb in LOGOS.items())
@@ -150,9 +156,8 @@ def test_a_tilted_logo_the_first_guided_pass_finds_few_of_is_found() -> None:
     # at the receding edge, and the first, wide guided pass finds under min_inliers of its
     # features; the homography from those bends the guess enough for the second, tight pass
     # to find the rest.
-    others = {f"asset-x{i}": logo(100 + i) for i in range(20)}
-    index = KeypointIndex.build((f"exemplar-{a}", a, rgb) for a, rgb in {**LOGOS, **others}.items())
-    tilted_logo = others["asset-x1"]
+    index = KeypointIndex.build(among_26_logos())
+    tilted_logo = logo(101)  # asset-x1
     h, w = tilted_logo.shape[:2]
     corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
     seen = corners * 0.5 + 40
@@ -631,11 +636,7 @@ def test_a_plain_sign_90_pixels_wide_in_grass_is_found_in_its_region_enlarged() 
     draw.arc((150, -10, 310, 150), 200, 340, fill=(88, 102, 80), width=18)
     draw.text((150, 20), "7YT", fill=(88, 102, 80), font=ImageFont.load_default(size=64))
     sign = np.asarray(image)
-    others = {f"asset-x{i}": logo(100 + i) for i in range(20)}
-    exemplars = [
-        *((f"exemplar-{a}", a, rgb) for a, rgb in {**LOGOS, **others}.items()),
-        ("e", "asset-sign", sign),
-    ]
+    exemplars = [*among_26_logos(), ("e", "asset-sign", sign)]
     scene = photo("grass").copy()
     x, y, w, h = 300, 560, 90, 95
     scene[y : y + h, x : x + w] = np.asarray(
@@ -670,11 +671,7 @@ def test_a_small_sign_with_few_features_found_but_every_pixel_its_own_is_found(
     # the photo. Where the homography puts it, its pixels are the exemplar's, colour and edge
     # alike, as only a copy's are: that evidence lets a lower coverage do.
     sign = arcs_ring_and_letter()
-    others = {f"asset-x{i}": logo(100 + i) for i in range(20)}
-    exemplars = [
-        *((f"exemplar-{a}", a, rgb) for a, rgb in {**LOGOS, **others}.items()),
-        ("e", "asset-sign", sign),
-    ]
+    exemplars = [*among_26_logos(), ("e", "asset-sign", sign)]
     motorcycle: Callable[[], tuple[Rgb, Rgb, object]] = skimage.data.stereo_motorcycle
     left, _, _ = motorcycle()
     scene = np.asarray(Image.fromarray(left).resize((1024, 1024), Image.Resampling.LANCZOS)).copy()
