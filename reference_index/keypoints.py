@@ -28,7 +28,8 @@ How a search works:
    pairs guided matching finds at that pose as inliers. So are the exemplars whose layouts
    agree best with the inside of a quadrilateral outline in the query, in any of its four
    turns, at the pose that puts their frame on it: a logo of round shapes, turned or seen at
-   an angle, has few corners, but its frame keeps four (_quads).
+   an angle, has few corners, but its frame keeps four (_quads; a shape inside touching
+   the frame near a corner cuts that corner off the outline, which is mended).
 4. Per candidate: a RANSAC homography, then checks that it describes a real, whole logo: enough
    distinct inliers, a high inlier ratio, the exemplar's outline projected to a convex,
    unmirrored, not collapsed or wildly skewed quad, and inliers that cover a good part of the
@@ -71,6 +72,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import operator
 import os
 import tempfile
@@ -147,9 +149,12 @@ LAYOUT_SHORTLIST = 32  # see KeypointIndex._best_layouts
 # pixels (working frame) whose convex hull is within QUAD_TOLERANCE of its perimeter of a
 # quadrilateral with edges along QUAD_SUPPORT of its sides; at most QUADS, largest first.
 # An exemplar's frame is put on one whose aspect ratio (mean lengths of opposite sides) is
-# within a factor QUAD_ASPECT of its own: a tilt foreshortens one direction.
+# within a factor QUAD_ASPECT of its own: a tilt foreshortens one direction. A pentagonal
+# hull is a quadrilateral with a corner cut off when that corner makes up at most
+# QUAD_MAX_CUT of its area (see _quadrilateral).
 QUAD_MIN_SIDE = 32
 QUAD_TOLERANCE = 0.02
+QUAD_MAX_CUT = 0.1
 QUAD_SUPPORT = 0.8
 QUADS = 4
 QUAD_ASPECT = 2.0
@@ -180,6 +185,7 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1
 SEARCH_THREADS = 2
 
 _NO_DESCRIPTORS = np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+_ALONG = np.linspace(0, 1, 32, endpoint=False)[None, :, None]  # points along a side, see _support
 
 
 @dataclass(frozen=True)
@@ -655,23 +661,12 @@ def _quads(rgb: Array) -> list[Array]:
         # Around its convex hull: a shape inside the frame that touches it, or texture
         # outside meeting it, joins its outline; the hull's sides are still the frame's.
         hull = cv2.convexHull(contour)
-        corners = cv2.approxPolyDP(hull, QUAD_TOLERANCE * cv2.arcLength(hull, True), True)
-        if len(corners) != 4:
-            continue
-        corners = corners.reshape(4, 2).astype(np.float64)
+        polygon = cv2.approxPolyDP(hull, QUAD_TOLERANCE * cv2.arcLength(hull, True), True)
+        corners = _quadrilateral(polygon.reshape(-1, 2).astype(np.float64), near_edges)
         # ... but the hull of a jagged outline has sides across nothing: most of the
         # quadrilateral's sides must be edges.
-        along = np.linspace(0, 1, 32, endpoint=False)[:, None]
-        sides = np.concatenate(
-            [
-                c + along * (d - c)
-                for c, d in zip(corners, np.roll(corners, -1, axis=0), strict=True)
-            ]
-        )
-        x, y = np.round(sides).astype(int).T
-        inside = (x >= 0) & (y >= 0) & (x < edges.shape[1]) & (y < edges.shape[0])
-        if inside.all() and (near_edges[y, x] > 0).mean() >= QUAD_SUPPORT:
-            found.append((cv2.contourArea(corners.astype(np.float32)), corners))
+        if corners is not None and _support(corners, near_edges) >= QUAD_SUPPORT:
+            found.append((_area(corners), corners))
     found.sort(key=lambda f: -f[0])
     quads: list[Array] = []
     for _, corners in found:
@@ -687,6 +682,63 @@ def _quads(rgb: Array) -> list[Array]:
         if len(quads) == QUADS:
             break
     return quads
+
+
+def _support(corners: Array, edges: Array) -> float:
+    """The share of points along a polygon's sides ((n, 2) corners) on `edges` (non-zero
+    pixels); 0 when a side leaves the image."""
+    sides = corners[:, None] + _ALONG * (np.roll(corners, -1, axis=0) - corners)[:, None]
+    x, y = np.round(sides).astype(int).reshape(-1, 2).T
+    if not ((x >= 0) & (y >= 0) & (x < edges.shape[1]) & (y < edges.shape[0])).all():
+        return 0.0
+    return float((edges[y, x] > 0).mean())
+
+
+def _quadrilateral(polygon: Array, edges: Array) -> Array | None:
+    """The (4, 2) quadrilateral a convex polygon ((n, 2), in order) outlines: the polygon
+    itself when it has four corners. A shape inside a logo's frame that touches it near a
+    corner (an arc, a ring) joins the frame's inner outline there, and the hull of that
+    outline cuts the corner off: of a pentagon, the quadrilateral made by extending the
+    two sides next to one side until they meet beyond it, adding at most QUAD_MAX_CUT of
+    its area, with the most of its sides on `edges` (a frame's sides are edges all along;
+    a wrong side extended runs across the sign). None for any other polygon. (Whether
+    enough of its sides are edges is the caller's check.) In Python floats: a few small
+    solves, done for many outlines a search."""
+    if len(polygon) == 4:
+        return polygon
+    if len(polygon) != 5:
+        return None
+    points = polygon.tolist()
+    area = _area(polygon)
+    quads = []
+    for i in range(5):
+        (ax, ay), (bx, by), (cx, cy), (dx, dy) = (points[(i + k) % 5] for k in (-1, 0, 1, 2))
+        # Side a-b extended (a + u r) meets side c-d extended (c + v t) at the cut corner:
+        # past b (u >= 1) and before c (v <= 0).
+        rx, ry, tx, ty = bx - ax, by - ay, dx - cx, dy - cy
+        cross = rx * ty - ry * tx
+        if abs(cross) < 0.1 * math.hypot(rx, ry) * math.hypot(tx, ty):
+            continue  # nearly parallel: no corner
+        gx, gy = cx - ax, cy - ay
+        u, v = (gx * ty - gy * tx) / cross, (gx * ry - gy * rx) / cross
+        if u < 1 or v > 0:
+            continue
+        corner = (ax + u * rx, ay + u * ry)
+        added = abs((corner[0] - bx) * (cy - by) - (corner[1] - by) * (cx - bx)) / 2
+        if added <= QUAD_MAX_CUT * (area + added):
+            quads.append(np.array([corner, *(points[(i + k) % 5] for k in (2, 3, 4))]))
+    return max(quads, key=lambda quad: _support(quad, edges), default=None)
+
+
+def _area(polygon: Array) -> float:
+    """The area of a simple (n, 2) polygon (shoelace formula; in Python floats, as a few
+    corners are quicker so)."""
+    points = polygon.tolist()
+    twice = sum(
+        x0 * y1 - x1 * y0
+        for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1], strict=True)
+    )
+    return abs(float(twice)) / 2
 
 
 def _same_corners(a: Array, b: Array) -> bool:
