@@ -25,11 +25,13 @@ How a search works:
    covered can be left with plain corners that many logos share, which win no votes. The
    exemplars of the query's aspect ratio whose colour layout agrees best with it are
    candidates too, at that pose; they go straight to the checks of steps 5 and 6, with the
-   pairs guided matching finds at that pose as inliers. So are the exemplars whose layouts
-   agree best with the inside of a quadrilateral outline in the query, in any of its four
-   turns, at the pose that puts their frame on it: a logo of round shapes, turned or seen at
-   an angle, has few corners, but its frame keeps four (_quads; a shape inside touching
-   the frame near a corner cuts that corner off the outline, which is mended).
+   pairs guided matching finds at that pose as inliers. So is, for each quadrilateral
+   outline in the query, the exemplar whose layout agrees best with its inside, in any of
+   its four turns, at the pose that puts its frame on it: a logo of round shapes, turned or
+   seen at an angle, has few corners, but its frame keeps four (_quads; a shape inside
+   touching the frame near a corner cuts that corner off the outline, which is mended).
+   An outline may be found a few pixels off: when that pose fails, the pairs found there
+   seed a candidate of the exemplar like the votes' (step 4).
 4. Per candidate: a RANSAC homography, then checks that it describes a real, whole logo: enough
    distinct inliers, a high inlier ratio, the exemplar's outline projected to a convex,
    unmirrored, not collapsed or wildly skewed quad, and inliers that cover a good part of the
@@ -278,10 +280,12 @@ class KeypointThresholds:
     # has as many inliers (see _verify).
     min_thrown_corner: float = 0.25
     # A query that is an exemplar as a whole (its copy, resized, recompressed or partly
-    # covered), or shows one in a quadrilateral outline, is verified at that pose for the
-    # whole_candidates exemplars (of each) whose colour layouts agree best with it, on at
-    # least min_layout of the grid's cells (see _framed_candidates).
+    # covered) is verified at that pose for the whole_candidates exemplars whose colour
+    # layouts agree best with it, and each quadrilateral outline in it for the
+    # outline_candidates that agree best with its inside, on at least min_layout of the
+    # grid's cells (see _framed_candidates).
     whole_candidates: int = 2
+    outline_candidates: int = 1
     min_layout: float = 0.5
     # A logo much smaller than the query (a sign in a street photo) has few corners ORB's
     # 31-pixel patches describe without the scene around it. Up to zoom_regions graphic
@@ -1226,8 +1230,8 @@ class KeypointIndex:
     def _framed_matches(self, query: _Query) -> list[KeypointMatch]:
         """The exemplars the query shows as a whole (see _framed_candidates)."""
         verified = (
-            self._verify_framed(row, pose, radius, query)
-            for row, pose, radius in self._framed_candidates(query)
+            self._verify_framed(row, pose, on_outline, query)
+            for row, pose, on_outline in self._framed_candidates(query)
         )
         return [match for match in verified if match is not None]
 
@@ -1376,26 +1380,38 @@ class KeypointIndex:
         )
 
     def _verify_framed(
-        self, row: int, pose: Array, radius: float, query: _Query
+        self, row: int, pose: Array, on_outline: bool, query: _Query
     ) -> KeypointMatch | None:
         """A match if the query shows the exemplar in `row` as a whole where `pose` (a
         homography, see _framed_candidates) puts its frame, else None: the pairs are the
-        exemplar features with a like query feature within `radius` of where the pose puts
-        them. (A homography fitted to the few plain corners a covered copy may keep is worse
-        than that pose.) Nothing is fitted to the pairs, so they need not outnumber what
-        chance fits: as many as a candidate's seeds need are enough (a cover over a simple
-        logo's letters can leave fewer than min_inliers of its corners; round shapes have
-        few), and the pixel checks decide."""
+        exemplar features with a like query feature near where the pose puts them (within
+        ransac_px of the query's own frame, which is exact; guided_px of an outline, found
+        within a couple of pixels). (A homography fitted to the few plain corners a covered
+        copy may keep is worse than that pose.) Nothing is fitted to the pairs, so they need
+        not outnumber what chance fits: as many as a candidate's seeds need are enough (a
+        cover over a simple logo's letters can leave fewer than min_inliers of its corners;
+        round shapes have few), and the pixel checks decide.
+
+        Where a shape inside touches the frame, an outline may be found a few pixels off
+        (see _quadrilateral), and the pixel checks fail at its pose: then the pairs seed a
+        candidate like the votes' (_verify: an affine fit, guided matching, a homography)."""
         t = self.thresholds
+        radius = t.guided_px if on_outline else t.ransac_px
         exemplar, pairs, expected = self._guided_pairs(row, pose, query, radius)
         source = exemplar.geometry[pairs[:, 0], :2]
-        inliers = _distinct(source, query.features.geometry[pairs[:, 1], :2])
+        target = query.features.geometry[pairs[:, 1], :2]
+        inliers = _distinct(source, target)
         if inliers < t.min_seed_inliers:
             return None
         quad = cv2.perspectiveTransform(self._corners(row), pose)[0]
-        if not _outline_ok(quad, t):
+        if _outline_ok(quad, t):
+            match = self._judge(row, query, pose, quad, inliers, expected, source, fitted=False)
+            if match is not None or not on_outline:
+                return match
+        elif not on_outline:
             return None
-        return self._judge(row, query, pose, quad, inliers, expected, source, fitted=False)
+        cv2.setRNGSeed(0)  # as for a voted candidate (see search)
+        return self._verify(row, (source, target), query)
 
     def _judge(
         self,
@@ -1529,9 +1545,9 @@ class KeypointIndex:
             )
         return self._stacked_layouts
 
-    def _framed_candidates(self, query: _Query) -> list[tuple[int, Array, float]]:
+    def _framed_candidates(self, query: _Query) -> list[tuple[int, Array, bool]]:
         """(exemplar row, pose: the homography putting its frame on the query's or on a
-        quadrilateral outline in it, the guided radius there) of the exemplars the query may
+        quadrilateral outline in it, whether on an outline) of the exemplars the query may
         show as a whole, best first.
 
         A simple logo with a part covered can be left with plain corners and edges that many
@@ -1542,11 +1558,12 @@ class KeypointIndex:
         tried: the query's own (a copy, resized, recompressed or covered: of about the
         query's aspect ratio, LAYOUT_ASPECT), and its quadrilateral outlines (_quads: a copy
         turned, tilted or pasted into a picture; each in its four turns, of an aspect ratio
-        within QUAD_ASPECT). For each, the whole_candidates exemplars whose layouts agree with
-        the query's there on the most cells (within COLOUR_TOLERANCE), at least min_layout of
-        them, are verified at that pose like any candidate: the checks decide, not this
-        shortlist. The query's frame is exact (ransac_px); an outline is found within a
-        couple of pixels (guided_px)."""
+        within QUAD_ASPECT). On the query's frame, the whole_candidates exemplars whose
+        layouts agree with the query's there on the most cells (within COLOUR_TOLERANCE), at
+        least min_layout of them, are verified at that pose like any candidate: the checks
+        decide, not this shortlist. On each outline, the outline_candidates that agree best
+        (a flat logo agrees well with many a flat patch of photo that texture outlines: a
+        shortlist over all outlines let those crowd out a sign's own)."""
         t = self.thresholds
         height, width = query.colour.shape[:2]
         frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
@@ -1555,19 +1572,22 @@ class KeypointIndex:
         factor = 8 * LAYOUT_SIDE / max(height, width)
         shrunk = query.shrunk(factor)[0] if factor < 1 else query.colour
         framed = [
-            (row, frame, t.ransac_px)
-            for row in self._best_layouts([frame], [_layout(shrunk)], LAYOUT_ASPECT)
+            (row, frame, False)
+            for row in self._best_layouts(
+                [frame], [_layout(shrunk)], LAYOUT_ASPECT, t.whole_candidates
+            )
         ]
-        turns = [np.roll(quad, -turn, axis=0) for quad in query.quads for turn in range(4)]
-        layouts = [_quad_layout(query.colour, quad) for quad in turns]
-        on_quads = self._best_layouts(turns, layouts, np.log(QUAD_ASPECT))
-        framed += [(row, turns[at], t.guided_px) for row, at in on_quads.items()]
-        return [(row, _pose(self._corners(row)[0], quad), radius) for row, quad, radius in framed]
+        for outline in query.quads:
+            turns = [np.roll(outline, -turn, axis=0) for turn in range(4)]
+            layouts = [_quad_layout(query.colour, quad) for quad in turns]
+            on_quad = self._best_layouts(turns, layouts, np.log(QUAD_ASPECT), t.outline_candidates)
+            framed += [(row, turns[at], True) for row, at in on_quad.items()]
+        return [(row, _pose(self._corners(row)[0], quad), on) for row, quad, on in framed]
 
     def _best_layouts(
-        self, quads: list[Array], layouts: list[Array], tolerance: float
+        self, quads: list[Array], layouts: list[Array], tolerance: float, count: int
     ) -> dict[int, int]:
-        """{exemplar row: index of its quad} for the whole_candidates exemplars whose layouts
+        """{exemplar row: index of its quad} for the `count` exemplars whose layouts
         agree best with the query's `layouts` in one of the `quads` ((4, 2), clockwise from
         where the exemplar's top left would be) of an aspect ratio within `tolerance` (log)
         of theirs, on at least min_layout of the cells; best first."""
@@ -1588,7 +1608,7 @@ class KeypointIndex:
             better = agreeing > best[near]
             best[near[better]] = agreeing[better]
             where[near[better]] = at
-        chosen = np.argsort(-best, kind="stable")[: t.whole_candidates]
+        chosen = np.argsort(-best, kind="stable")[:count]
         return {int(row): int(where[row]) for row in chosen if best[row] >= t.min_layout}
 
     def _guided_pairs(

@@ -300,7 +300,7 @@ def test_tilted_round_logos_among_look_alikes_are_found_by_their_frames() -> Non
     logos = [rings_and_ellipse(rng) for _ in range(30)]
     exemplars = [(f"exemplar-{i}", f"asset-{i}", rgb) for i, rgb in enumerate(logos)]
     index = KeypointIndex.build(exemplars)
-    without_frames = KeypointIndex.build(exemplars, whole_candidates=0)
+    without_frames = KeypointIndex.build(exemplars, whole_candidates=0, outline_candidates=0)
     queries = [tilted(rgb) for rgb in logos[:10]]
 
     found = [top(index.search(q)) for q in queries]
@@ -377,6 +377,35 @@ def test_a_sign_with_a_corner_cut_off_its_inside_outline_is_found_on_it() -> Non
     assert [m.asset_id for m in found] == ["sign"]
     assert iou(found[0].box, (300, 700, 400, 804)) >= 0.85
     assert not found[0].fitted
+
+
+def test_an_outline_found_a_few_pixels_off_seeds_a_fitted_candidate() -> None:
+    # A sign whose arc touches its frame at the top left: the hull of its inner outline
+    # leans there, and the outline is found with that corner ~10 pixels in.
+    sign = Image.new("RGB", (262, 327), (128, 236, 16))
+    draw = ImageDraw.Draw(sign)
+    draw.arc((-2, 4, 172, 178), 140, 320, fill=(140, 30, 40), width=24)
+    draw.rectangle((72, 188, 202, 222), fill=(140, 30, 40))
+    index = KeypointIndex.build([*among_26_logos(), ("exemplar-sign", "sign", np.asarray(sign))])
+    scene = photo("camera").copy()
+    x, y, w, h = 716, 592, 102, 128
+    scene[y : y + h, x : x + w] = np.asarray(sign.resize((w, h), Image.Resampling.LANCZOS))
+    query = index._query(scene)
+    assert query is not None
+    row = len(index) - 1
+    leaning = np.array([[x + 10, y], [x + w, y], [x + w, y + h], [x - 3, y + h]], np.float64)
+    pose = keypoints._pose(index._corners(row)[0], leaning)
+
+    on_frame = index._verify_framed(row, pose, False, query)
+    on_outline = index._verify_framed(row, pose, True, query)
+
+    # That pose fails the pixel checks (as the image's own frame, exact, nothing more is
+    # tried); as an outline's, the pairs found there seed a fitted homography that passes.
+    assert on_frame is None
+    assert on_outline is not None
+    assert on_outline.asset_id == "sign"
+    assert on_outline.fitted
+    assert iou(on_outline.box, (x, y, x + w, y + h)) >= 0.9
 
 
 def test_a_look_alike_sharing_the_letters_is_not_the_logo() -> None:
@@ -478,7 +507,8 @@ def test_a_plain_logo_with_its_letter_covered_is_found_as_a_whole() -> None:
 
     assert [m.asset_id for m in matches] == ["asset-bars"]
     assert iou(matches[0].box, (0, 0, 300, 360)) > 0.95
-    assert KeypointIndex.build(exemplars, whole_candidates=0).search(covered) == []
+    without_frames = KeypointIndex.build(exemplars, whole_candidates=0, outline_candidates=0)
+    assert without_frames.search(covered) == []
     # Its colours and size with the bars elsewhere: the layout agrees on most cells, the
     # checks at that pose do not.
     moved = bars_and_letters([(30, 40, 130, 70), (150, 280, 270, 312)])
@@ -684,11 +714,14 @@ def test_a_plain_sign_90_pixels_wide_in_grass_is_found_in_its_region_enlarged() 
 
     # Its frame, an arc touching a corner of it, is an outline (see
     # test_a_sign_with_a_corner_cut_off_its_inside_outline_is_found_on_it): not tried here.
-    matches = KeypointIndex.build(exemplars, whole_candidates=0).search(scene)
+    matches = KeypointIndex.build(exemplars, whole_candidates=0, outline_candidates=0).search(scene)
 
     assert [m.asset_id for m in matches] == ["asset-sign"]
     assert iou(matches[0].box, (x, y, x + w, y + h)) > 0.8
-    assert KeypointIndex.build(exemplars, whole_candidates=0, zoom_regions=0).search(scene) == []
+    unzoomed = KeypointIndex.build(
+        exemplars, whole_candidates=0, outline_candidates=0, zoom_regions=0
+    )
+    assert unzoomed.search(scene) == []
 
 
 def arcs_ring_and_letter() -> Rgb:
