@@ -1404,12 +1404,11 @@ class KeypointIndex:
         if inliers < t.min_seed_inliers:
             return None
         quad = cv2.perspectiveTransform(self._corners(row), pose)[0]
+        match = None
         if _outline_ok(quad, t):
             match = self._judge(row, query, pose, quad, inliers, expected, source, fitted=False)
-            if match is not None or not on_outline:
-                return match
-        elif not on_outline:
-            return None
+        if match is not None or not on_outline:
+            return match
         cv2.setRNGSeed(0)  # as for a voted candidate (see search)
         return self._verify(row, (source, target), query)
 
