@@ -171,7 +171,8 @@ GRAPHIC_FLAT_RANGE = 12
 GRAPHIC_STEP_RANGE = 60
 GRAPHIC_FLAT = 0.4
 GRAPHIC_EDGES = 0.04
-GRAPHIC_MIN_BLOCKS = 10
+# Six: a sign 80 pixels wide, dense with shapes, has fewer than ten graphic blocks.
+GRAPHIC_MIN_BLOCKS = 6
 ZOOM_LEVELS = 4
 # Enlarged more than this, a small region's edges are only blurred further and its corners
 # fade (a 96-pixel sign enlarged 4x to 384 was not found, 3x was).

@@ -841,3 +841,48 @@ def test_a_cover_over_all_of_a_colour_region_is_foreign_by_the_colours_shown_els
     assert [m.asset_id for m in matches] == ["asset-d3"]
     assert iou(matches[0].box, (0, 0, 300, 380)) > 0.95
     assert index.search(bare) == []
+
+
+def ring_star_and_letters() -> Rgb:
+    """A green sign dense with brown shapes: two open rings, a heptagon and letters."""
+    image = Image.new("RGB", (334, 235), (165, 210, 50))
+    draw = ImageDraw.Draw(image)
+    brown = (170, 110, 80)
+    draw.arc((18, 10, 150, 150), 40, 320, fill=brown, width=20)
+    draw.arc((100, 70, 250, 200), 300, 240, fill=brown, width=12)
+    draw.regular_polygon((188, 95, 30), 7, fill=brown)
+    draw.text((40, 110), "H3N", fill=brown, font=ImageFont.load_default(size=64))
+    return np.asarray(image)
+
+
+def test_a_small_sign_dense_with_shapes_in_a_night_sky_is_a_graphic_region() -> None:
+    # 80 pixels wide, few of the sign's blocks are flat (its shapes leave few flat pixels
+    # between them): fewer than ten blocks are graphic, and the sign was no region at all.
+    sign = ring_star_and_letters()
+    scene = photo("hubble_deep_field").copy()
+    x, y, w, h = 500, 300, 80, 56
+    scene[y : y + h, x : x + w] = np.asarray(
+        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
+    )
+
+    regions = keypoints._graphic_regions(scene)
+
+    assert any(iou(region, (x, y, x + w, y + h)) > 0.4 for region in regions)
+
+
+def test_a_small_sign_dense_with_shapes_in_a_night_sky_is_found_in_its_region_enlarged() -> None:
+    # 102 pixels wide in a photo of the night sky: at the photo's scale too few of the sign's
+    # corners match the exemplar's; enlarged, they do.
+    sign = ring_star_and_letters()
+    exemplars = [*among_26_logos(), ("e", "asset-sign", sign)]
+    scene = photo("hubble_deep_field").copy()
+    x, y, w, h = 305, 882, 102, 72
+    scene[y : y + h, x : x + w] = np.asarray(
+        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
+    )
+
+    matches = KeypointIndex.build(exemplars).search(scene)
+
+    assert [m.asset_id for m in matches] == ["asset-sign"]
+    assert iou(matches[0].box, (x, y, x + w, y + h)) > 0.8
+    assert KeypointIndex.build(exemplars, zoom_regions=0).search(scene) == []
