@@ -282,10 +282,12 @@ class KeypointThresholds:
     min_thrown_corner: float = 0.25
     # A query that is an exemplar as a whole (its copy, resized, recompressed or partly
     # covered) is verified at that pose for the whole_candidates exemplars whose colour
-    # layouts agree best with it, and each quadrilateral outline in it for the
+    # layouts agree best with it (and the whole_recoloured_candidates whose layouts of
+    # lightness do), and each quadrilateral outline in it for the
     # outline_candidates that agree best with its inside, on at least min_layout of the
     # grid's cells (see _framed_candidates).
     whole_candidates: int = 2
+    whole_recoloured_candidates: int = 1
     outline_candidates: int = 1
     min_layout: float = 0.5
     # A logo much smaller than the query (a sign in a street photo) has few corners ORB's
@@ -605,6 +607,15 @@ def _layout(rgb: Array) -> Array:
         rgb, (LAYOUT_SIDE, LAYOUT_SIDE), interpolation=cv2.INTER_AREA
     ).astype(np.float32)
     return layout
+
+
+def _grey(layouts: Array) -> Array:
+    """(..., 3) colour layouts as grey ones of the same shape: each cell's HSL lightness (see
+    _lightness) in all three channels, which a hue rotation leaves as it was. (Compared with
+    _agreement, two cells then agree within COLOUR_TOLERANCE / sqrt(3) of lightness.)"""
+    lightness = (layouts.max(axis=-1) + layouts.min(axis=-1)) / 2
+    grey: Array = np.repeat(lightness[..., None], 3, axis=-1)
+    return grey
 
 
 def _coarse(layouts: Array) -> Array:
@@ -969,8 +980,8 @@ class KeypointIndex:
         self._thumbnails: list[Array] = []  # colour thumbnails, see _thumbnail
         self._layouts: list[Array] = []  # colour layouts, see _framed_candidates
         self._edge_maps: list[tuple[Array, float]] = []  # see _edge_map
-        # Layouts: fine, coarse, log aspect ratios; see _layout_arrays.
-        self._stacked_layouts: tuple[Array, Array, Array] | None = None
+        # Layouts, in colour and grey: fine, coarse, log aspect ratios; see _layout_arrays.
+        self._stacked_layouts: dict[bool, tuple[Array, Array, Array]] = {}
         self._chunks: list[tuple[Array, Array, Array]] = []  # descriptors, geometry, owner
         self._joined: tuple[Array, Array, Array] | None = None
         self._index: Any = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
@@ -1515,7 +1526,7 @@ class KeypointIndex:
         layout and edge map): made when it is added or the index loaded, not stored."""
         self._layouts.append(self._exemplar_layout(row))
         self._edge_maps.append(self._edge_map(row))
-        self._stacked_layouts = None
+        self._stacked_layouts.clear()
 
     def _exemplar_layout(self, row: int) -> Array:
         """Exemplar `row`'s colour layout (see _layout), from its thumbnail: the same whether
@@ -1532,18 +1543,21 @@ class KeypointIndex:
         strongest = float(strength[extent > 0].max()) if (extent > 0).any() else 0.0
         return strength > 0.25 * strongest, strongest
 
-    def _layout_arrays(self) -> tuple[Array, Array, Array]:
-        """Every exemplar's colour layout, stacked: (n, cells, 3) on the LAYOUT_SIDE grid and
-        on one half as fine (see _coarse); the log of its aspect ratio."""
-        if self._stacked_layouts is None:
+    def _layout_arrays(self, grey: bool) -> tuple[Array, Array, Array]:
+        """Every exemplar's colour layout (or grey one, see _grey), stacked: (n, cells, 3) on
+        the LAYOUT_SIDE grid and on one half as fine (see _coarse); the log of its aspect
+        ratio."""
+        if grey not in self._stacked_layouts:
             sizes = np.asarray(self._sizes, np.float64).reshape(-1, 2)
             layouts = np.array(self._layouts, np.float32).reshape(-1, LAYOUT_SIDE, LAYOUT_SIDE, 3)
-            self._stacked_layouts = (
+            if grey:
+                layouts = _grey(layouts)
+            self._stacked_layouts[grey] = (
                 layouts.reshape(len(layouts), -1, 3),
                 _coarse(layouts),
                 np.log(sizes[:, 0] / sizes[:, 1]),
             )
-        return self._stacked_layouts
+        return self._stacked_layouts[grey]
 
     def _framed_candidates(self, query: _Query) -> list[tuple[int, Array, bool]]:
         """(exemplar row, pose: the homography putting its frame on the query's or on a
@@ -1561,9 +1575,12 @@ class KeypointIndex:
         within QUAD_ASPECT). On the query's frame, the whole_candidates exemplars whose
         layouts agree with the query's there on the most cells (within COLOUR_TOLERANCE), at
         least min_layout of them, are verified at that pose like any candidate: the checks
-        decide, not this shortlist. On each outline, the outline_candidates that agree best
-        (a flat logo agrees well with many a flat patch of photo that texture outlines: a
-        shortlist over all outlines let those crowd out a sign's own)."""
+        decide, not this shortlist; so are the whole_recoloured_candidates whose grey layouts
+        agree best with the query's (a recoloured copy, its hues turned, keeps the
+        exemplar's lightness in each cell, not its colour). On each outline, the
+        outline_candidates that agree best (a flat logo agrees well with many a flat patch of
+        photo that texture outlines: a shortlist over all outlines let those crowd out a
+        sign's own)."""
         t = self.thresholds
         height, width = query.colour.shape[:2]
         frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
@@ -1571,12 +1588,16 @@ class KeypointIndex:
         # all of a large one (shrunk takes factors below 1 only; a small query is used whole).
         factor = 8 * LAYOUT_SIDE / max(height, width)
         shrunk = query.shrunk(factor)[0] if factor < 1 else query.colour
-        framed = [
-            (row, frame, False)
+        layout = _layout(shrunk)
+        whole = list(self._best_layouts([frame], [layout], LAYOUT_ASPECT, t.whole_candidates))
+        whole += [
+            row
             for row in self._best_layouts(
-                [frame], [_layout(shrunk)], LAYOUT_ASPECT, t.whole_candidates
+                [frame], [_grey(layout)], LAYOUT_ASPECT, t.whole_recoloured_candidates, grey=True
             )
+            if row not in whole
         ]
+        framed = [(row, frame, False) for row in whole]
         for outline in query.quads:
             turns = [np.roll(outline, -turn, axis=0) for turn in range(4)]
             layouts = [_quad_layout(query.colour, quad) for quad in turns]
@@ -1585,14 +1606,19 @@ class KeypointIndex:
         return [(row, _pose(self._corners(row)[0], quad), on) for row, quad, on in framed]
 
     def _best_layouts(
-        self, quads: list[Array], layouts: list[Array], tolerance: float, count: int
+        self,
+        quads: list[Array],
+        layouts: list[Array],
+        tolerance: float,
+        count: int,
+        grey: bool = False,
     ) -> dict[int, int]:
-        """{exemplar row: index of its quad} for the `count` exemplars whose layouts
-        agree best with the query's `layouts` in one of the `quads` ((4, 2), clockwise from
-        where the exemplar's top left would be) of an aspect ratio within `tolerance` (log)
-        of theirs, on at least min_layout of the cells; best first."""
+        """{exemplar row: index of its quad} for the `count` exemplars whose layouts (grey
+        ones: see _grey) agree best with the query's `layouts` in one of the `quads` ((4, 2),
+        clockwise from where the exemplar's top left would be) of an aspect ratio within
+        `tolerance` (log) of theirs, on at least min_layout of the cells; best first."""
         t = self.thresholds
-        fine, coarse, aspects = self._layout_arrays()
+        fine, coarse, aspects = self._layout_arrays(grey)
         best = np.zeros(len(aspects))
         where = np.zeros(len(aspects), np.int64)
         for at, (quad, layout) in enumerate(zip(quads, layouts, strict=True)):

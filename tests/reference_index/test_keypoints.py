@@ -300,7 +300,9 @@ def test_tilted_round_logos_among_look_alikes_are_found_by_their_frames() -> Non
     logos = [rings_and_ellipse(rng) for _ in range(30)]
     exemplars = [(f"exemplar-{i}", f"asset-{i}", rgb) for i, rgb in enumerate(logos)]
     index = KeypointIndex.build(exemplars)
-    without_frames = KeypointIndex.build(exemplars, whole_candidates=0, outline_candidates=0)
+    without_frames = KeypointIndex.build(
+        exemplars, whole_candidates=0, whole_recoloured_candidates=0, outline_candidates=0
+    )
     queries = [tilted(rgb) for rgb in logos[:10]]
 
     found = [top(index.search(q)) for q in queries]
@@ -507,7 +509,9 @@ def test_a_plain_logo_with_its_letter_covered_is_found_as_a_whole() -> None:
 
     assert [m.asset_id for m in matches] == ["asset-bars"]
     assert iou(matches[0].box, (0, 0, 300, 360)) > 0.95
-    without_frames = KeypointIndex.build(exemplars, whole_candidates=0, outline_candidates=0)
+    without_frames = KeypointIndex.build(
+        exemplars, whole_candidates=0, whole_recoloured_candidates=0, outline_candidates=0
+    )
     assert without_frames.search(covered) == []
     # Its colours and size with the bars elsewhere: the layout agrees on most cells, the
     # checks at that pose do not.
@@ -714,12 +718,18 @@ def test_a_plain_sign_90_pixels_wide_in_grass_is_found_in_its_region_enlarged() 
 
     # Its frame, an arc touching a corner of it, is an outline (see
     # test_a_sign_with_a_corner_cut_off_its_inside_outline_is_found_on_it): not tried here.
-    matches = KeypointIndex.build(exemplars, whole_candidates=0, outline_candidates=0).search(scene)
+    matches = KeypointIndex.build(
+        exemplars, whole_candidates=0, whole_recoloured_candidates=0, outline_candidates=0
+    ).search(scene)
 
     assert [m.asset_id for m in matches] == ["asset-sign"]
     assert iou(matches[0].box, (x, y, x + w, y + h)) > 0.8
     unzoomed = KeypointIndex.build(
-        exemplars, whole_candidates=0, outline_candidates=0, zoom_regions=0
+        exemplars,
+        whole_candidates=0,
+        whole_recoloured_candidates=0,
+        outline_candidates=0,
+        zoom_regions=0,
     )
     assert unzoomed.search(scene) == []
 
@@ -886,3 +896,33 @@ def test_a_small_sign_dense_with_shapes_in_a_night_sky_is_found_in_its_region_en
     assert [m.asset_id for m in matches] == ["asset-sign"]
     assert iou(matches[0].box, (x, y, x + w, y + h)) > 0.8
     assert KeypointIndex.build(exemplars, zoom_regions=0).search(scene) == []
+
+
+def disc_and_letters_above_a_plain_half(background: Colour, fill: Colour) -> Rgb:
+    """A logo whose shapes all sit in its upper half: below them, only its background."""
+    image = Image.new("RGB", (253, 311), background)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((120, 8, 290, 142), fill=fill)
+    draw.text((84, 140), "NOJ", fill=fill, font=ImageFont.load_default(size=48))
+    return np.asarray(image)
+
+
+def test_a_copy_with_its_hues_turned_is_shortlisted_by_its_lightness_layout() -> None:
+    original = disc_and_letters_above_a_plain_half((200, 40, 60), (245, 190, 40))
+    exemplars = [*among_26_logos(), ("e", "asset-x", original)]
+    hsv = np.asarray(Image.fromarray(original).convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(int) + 100) % 256
+    copy = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+
+    def shortlisted(index: KeypointIndex) -> list[int]:
+        query = index._query(copy)
+        assert query is not None
+        return [row for row, _, _ in index._framed_candidates(query)]
+
+    index = KeypointIndex.build(exemplars)
+
+    # Its colours all turned, the original is shortlisted by its lightness alone.
+    assert shortlisted(index)[-1] == len(exemplars) - 1
+    assert top(index.search(copy)) == "asset-x"
+    colour_only = KeypointIndex.build(exemplars, whole_recoloured_candidates=0)
+    assert len(exemplars) - 1 not in shortlisted(colour_only)
