@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--logos", type=int, default=1000, help="logos indexed")
     parser.add_argument("--scenes", type=int, default=40, help="logos at 10%% in photos")
     parser.add_argument("--distractors", type=int, default=400)
+    parser.add_argument(
+        "--verbose", action="store_true", help="print each image that got other matches"
+    )
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
@@ -64,18 +67,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     logos = make_logos(args.logos + 100, rng)
     indexed, unindexed = logos[: args.logos], logos[args.logos :]
     images = [
-        in_scene(indexed[int(rng.integers(len(indexed)))], rng, pool).image
-        for _ in range(args.scenes)
+        (f"logo {target} in a scene", in_scene(indexed[target], rng, pool).image)
+        for target in (int(rng.integers(len(indexed))) for _ in range(args.scenes))
     ]
-    images += distractors(args.distractors, rng, pool, unindexed)
-    images = [image for image in images if image.shape[:2] == (SCENE_SIDE, SCENE_SIDE)]
+    images += [
+        (f"distractor {i}", image)
+        for i, image in enumerate(distractors(args.distractors, rng, pool, unindexed))
+    ]
+    images = [
+        (name, image) for name, image in images if image.shape[:2] == (SCENE_SIDE, SCENE_SIDE)
+    ]
     exemplars = [(f"exemplar-{i:05d}", asset_id(i), logo) for i, logo in enumerate(indexed)]
     checkouts = (args.before, args.after)
     indexes = []
     for i, checkout in enumerate(checkouts):
         module = _matcher(checkout.resolve(), f"keypoints_{'ab'[i]}")
         indexes.append(module.KeypointIndex.build(exemplars))
-        indexes[-1].search(images[0])  # start its search threads
+        indexes[-1].search(images[0][1])  # start its search threads
     print(
         f"machine: {platform.platform()}, {platform.machine()}, Python {platform.python_version()}"
     )
@@ -86,13 +94,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     times: list[list[float]] = [[], []]
     differing = 0
-    for n, image in enumerate(images):
+    for n, (name, image) in enumerate(images):
         order = (0, 1) if n % 2 == 0 else (1, 0)
         found: list[list[tuple[str, int, tuple[int, ...]]]] = [[], []]
         for i in order:
             milliseconds, found[i] = _found(indexes[i], image)
             times[i].append(milliseconds)
         differing += found[0] != found[1]
+        if args.verbose and found[0] != found[1]:
+            print(f"    {name}: A {found[0]}, B {found[1]}")
     for label, checkout, ms in zip("AB", checkouts, times, strict=True):
         print(
             f"  {label} {checkout!s:30s} mean {statistics.fmean(ms):6.1f} ms, "
