@@ -381,7 +381,7 @@ def test_a_sign_with_a_corner_cut_off_its_inside_outline_is_found_on_it() -> Non
     assert not found[0].fitted
 
 
-def test_an_outline_found_a_few_pixels_off_seeds_a_fitted_candidate() -> None:
+def test_an_outline_found_a_few_pixels_off_is_aligned_to_the_exemplar() -> None:
     # A sign whose arc touches its frame at the top left: the hull of its inner outline
     # leans there, and the outline is found with that corner ~10 pixels in.
     sign = Image.new("RGB", (262, 327), (128, 236, 16))
@@ -402,12 +402,12 @@ def test_an_outline_found_a_few_pixels_off_seeds_a_fitted_candidate() -> None:
     on_outline = index._verify_framed(row, pose, True, query)
 
     # That pose fails the pixel checks (as the image's own frame, exact, nothing more is
-    # tried); as an outline's, the pairs found there seed a fitted homography that passes.
+    # tried); as an outline's, it is aligned to the exemplar's pixels, and passes there.
     assert on_frame is None
     assert on_outline is not None
     assert on_outline.asset_id == "sign"
-    assert on_outline.fitted
-    assert iou(on_outline.box, (x, y, x + w, y + h)) >= 0.9
+    assert not on_outline.fitted
+    assert iou(on_outline.box, (x, y, x + w, y + h)) >= 0.95
 
 
 def test_a_look_alike_sharing_the_letters_is_not_the_logo() -> None:
@@ -926,3 +926,29 @@ def test_a_copy_with_its_hues_turned_is_shortlisted_by_its_lightness_layout() ->
     assert top(index.search(copy)) == "asset-x"
     colour_only = KeypointIndex.build(exemplars, whole_recoloured_candidates=0)
     assert len(exemplars) - 1 not in shortlisted(colour_only)
+
+
+def test_a_sign_whose_ring_runs_off_its_side_is_found_on_its_outline_aligned() -> None:
+    # A magenta sign with a cyan ring running off its right side and a disc, 102 pixels wide
+    # in gravel: few corners (the votes' homographies from them are pixels off), and its
+    # outline is found a few pixels off where the ring and the disc near its sides (the
+    # pixel checks fail there, and so did a homography fitted to the pairs found there).
+    # Aligned to the exemplar's pixels, every pixel is the exemplar's.
+    image = Image.new("RGB", (370, 313), (228, 80, 222))
+    draw = ImageDraw.Draw(image)
+    cyan = (170, 240, 234)
+    draw.arc((192, 40, 384, 232), 198, 378, fill=cyan, width=24)
+    draw.ellipse((192, 177, 325, 299), fill=cyan)
+    draw.polygon([(282, 192), (324, 192), (308, 214)], outline=cyan, width=4)
+    sign = np.asarray(image)
+    index = KeypointIndex.build([*among_26_logos(), ("e", "asset-sign", sign)])
+    scene = photo("gravel").copy()
+    x, y, w, h = 831, 241, 102, 86
+    scene[y : y + h, x : x + w] = np.asarray(
+        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
+    )
+
+    matches = index.search(scene)
+
+    assert [m.asset_id for m in matches] == ["asset-sign"]
+    assert iou(matches[0].box, (x, y, x + w, y + h)) >= 0.9
