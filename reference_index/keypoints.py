@@ -23,15 +23,16 @@ How a search works:
    first until max_candidates of them have found no new logo.
    Besides, the query may be a copy of an exemplar as a whole: a simple logo with a part
    covered can be left with plain corners that many logos share, which win no votes. The
-   exemplars of the query's aspect ratio whose colour layout agrees best with it are
-   candidates too, at that pose; they go straight to the checks of steps 5 and 6, with the
+   exemplars of the query's aspect ratio whose colour layout agrees best with it (and the
+   one whose layout of lightness does: a copy with its hues turned) are candidates too, at
+   that pose; they go straight to the checks of steps 5 and 6, with the
    pairs guided matching finds at that pose as inliers. So is, for each quadrilateral
    outline in the query, the exemplar whose layout agrees best with its inside, in any of
    its four turns, at the pose that puts its frame on it: a logo of round shapes, turned or
    seen at an angle, has few corners, but its frame keeps four (_quads; a shape inside
    touching the frame near a corner cuts that corner off the outline, which is mended).
-   An outline may be found a few pixels off: when that pose fails, the pairs found there
-   seed a candidate of the exemplar like the votes' (step 4).
+   An outline may be found a few pixels off: when that pose fails, it is aligned to the
+   exemplar's pixels (enhanced correlation coefficient maximisation) and tried again.
 4. Per candidate: a RANSAC homography, then checks that it describes a real, whole logo: enough
    distinct inliers, a high inlier ratio, the exemplar's outline projected to a convex,
    unmirrored, not collapsed or wildly skewed quad, and inliers that cover a good part of the
@@ -174,14 +175,14 @@ GRAPHIC_EDGES = 0.04
 # Six: a sign 80 pixels wide, dense with shapes, has fewer than ten graphic blocks.
 GRAPHIC_MIN_BLOCKS = 6
 ZOOM_LEVELS = 4
+# Enlarged more than this, a small region's edges are only blurred further and its corners
+# fade (a 96-pixel sign enlarged 4x to 384 was not found, 3x was).
+ZOOM_MAX_FACTOR = 3.0
 # An outline's pose is aligned to the exemplar's pixels (see KeypointIndex._aligned) in at
 # most ALIGN_ITERATIONS steps, on both images blurred over ALIGN_BLUR pixels (so a start a
 # few pixels off still sees the edges it must move to).
 ALIGN_ITERATIONS = 50
 ALIGN_BLUR = 5
-# Enlarged more than this, a small region's edges are only blurred further and its corners
-# fade (a 96-pixel sign enlarged 4x to 384 was not found, 3x was).
-ZOOM_MAX_FACTOR = 3.0
 
 Array = npt.NDArray[Any]
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1
@@ -1455,7 +1456,8 @@ class KeypointIndex:
         except cv2.error:  # no convergence: the images are not alike enough
             return None
         # The correction maps thumbnail pixels to thumbnail pixels of the warped query.
-        fit = np.diag([LABEL_SIDE / max(self._sizes[row]), LABEL_SIDE / max(self._sizes[row]), 1])
+        scale = LABEL_SIDE / max(self._sizes[row])
+        fit = np.diag([scale, scale, 1.0])
         aligned: Array = pose @ np.linalg.inv(fit) @ correction.astype(np.float64) @ fit
         return aligned
 
