@@ -853,7 +853,7 @@ def test_a_cover_over_all_of_a_colour_region_is_foreign_by_the_colours_shown_els
     assert index.search(bare) == []
 
 
-def ring_star_and_letters() -> Rgb:
+def rings_heptagon_and_letters() -> Rgb:
     """A green sign dense with brown shapes: two open rings, a heptagon and letters."""
     image = Image.new("RGB", (334, 235), (165, 210, 50))
     draw = ImageDraw.Draw(image)
@@ -868,7 +868,7 @@ def ring_star_and_letters() -> Rgb:
 def test_a_small_sign_dense_with_shapes_in_a_night_sky_is_a_graphic_region() -> None:
     # 80 pixels wide, few of the sign's blocks are flat (its shapes leave few flat pixels
     # between them): fewer than ten blocks are graphic, and the sign was no region at all.
-    sign = ring_star_and_letters()
+    sign = rings_heptagon_and_letters()
     scene = photo("hubble_deep_field").copy()
     x, y, w, h = 500, 300, 80, 56
     scene[y : y + h, x : x + w] = np.asarray(
@@ -883,7 +883,7 @@ def test_a_small_sign_dense_with_shapes_in_a_night_sky_is_a_graphic_region() -> 
 def test_a_small_sign_dense_with_shapes_in_a_night_sky_is_found_in_its_region_enlarged() -> None:
     # 102 pixels wide in a photo of the night sky: at the photo's scale too few of the sign's
     # corners match the exemplar's; enlarged, they do.
-    sign = ring_star_and_letters()
+    sign = rings_heptagon_and_letters()
     exemplars = [*among_26_logos(), ("e", "asset-sign", sign)]
     scene = photo("hubble_deep_field").copy()
     x, y, w, h = 305, 882, 102, 72
