@@ -59,6 +59,13 @@ def photo(name: str, side: int = 1024) -> Rgb:
     )
 
 
+def paste(scene: Rgb, sign: Rgb, x: int, y: int, w: int, h: int) -> None:
+    """Puts `sign`, resized to w x h, into `scene` with its top left corner at (x, y)."""
+    scene[y : y + h, x : x + w] = np.asarray(
+        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
+    )
+
+
 def iou(a: Box, b: Box) -> float:
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -187,9 +194,7 @@ def test_a_small_sign_whose_features_sit_in_one_part_is_found_where_it_is() -> N
     )
     scene = photo("coffee").copy()
     x, y, w, h = 600, 500, 102, 103
-    scene[y : y + h, x : x + w] = np.asarray(
-        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
-    )
+    paste(scene, sign, x, y, w, h)
 
     matches = index.search(scene)
 
@@ -391,7 +396,7 @@ def test_an_outline_found_a_few_pixels_off_is_aligned_to_the_exemplar() -> None:
     index = KeypointIndex.build([*among_26_logos(), ("exemplar-sign", "sign", np.asarray(sign))])
     scene = photo("camera").copy()
     x, y, w, h = 716, 592, 102, 128
-    scene[y : y + h, x : x + w] = np.asarray(sign.resize((w, h), Image.Resampling.LANCZOS))
+    paste(scene, np.asarray(sign), x, y, w, h)
     query = index._query(scene)
     assert query is not None
     row = len(index) - 1
@@ -712,9 +717,7 @@ def test_a_plain_sign_90_pixels_wide_in_grass_is_found_in_its_region_enlarged() 
     exemplars = [*among_26_logos(), ("e", "asset-sign", sign)]
     scene = photo("grass").copy()
     x, y, w, h = 300, 560, 90, 95
-    scene[y : y + h, x : x + w] = np.asarray(
-        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
-    )
+    paste(scene, sign, x, y, w, h)
 
     # Its frame, an arc touching a corner of it, is an outline (see
     # test_a_sign_with_a_corner_cut_off_its_inside_outline_is_found_on_it): not tried here.
@@ -760,9 +763,7 @@ def test_a_small_sign_with_few_features_found_but_every_pixel_its_own_is_found(
     left, _, _ = motorcycle()
     scene = np.asarray(Image.fromarray(left).resize((1024, 1024), Image.Resampling.LANCZOS)).copy()
     x, y, w, h = *place, 102, 97
-    scene[y : y + h, x : x + w] = np.asarray(
-        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
-    )
+    paste(scene, sign, x, y, w, h)
 
     matches = KeypointIndex.build(exemplars).search(scene)
 
@@ -871,9 +872,7 @@ def test_a_small_sign_dense_with_shapes_in_a_night_sky_is_a_graphic_region() -> 
     sign = rings_heptagon_and_letters()
     scene = photo("hubble_deep_field").copy()
     x, y, w, h = 500, 300, 80, 56
-    scene[y : y + h, x : x + w] = np.asarray(
-        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
-    )
+    paste(scene, sign, x, y, w, h)
 
     regions = keypoints._graphic_regions(scene)
 
@@ -887,9 +886,7 @@ def test_a_small_sign_dense_with_shapes_in_a_night_sky_is_found_in_its_region_en
     exemplars = [*among_26_logos(), ("e", "asset-sign", sign)]
     scene = photo("hubble_deep_field").copy()
     x, y, w, h = 305, 882, 102, 72
-    scene[y : y + h, x : x + w] = np.asarray(
-        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
-    )
+    paste(scene, sign, x, y, w, h)
 
     matches = KeypointIndex.build(exemplars).search(scene)
 
@@ -944,9 +941,7 @@ def test_a_sign_whose_ring_runs_off_its_side_is_found_on_its_outline_aligned() -
     index = KeypointIndex.build([*among_26_logos(), ("e", "asset-sign", sign)])
     scene = photo("gravel").copy()
     x, y, w, h = 831, 241, 102, 86
-    scene[y : y + h, x : x + w] = np.asarray(
-        Image.fromarray(sign).resize((w, h), Image.Resampling.LANCZOS)
-    )
+    paste(scene, sign, x, y, w, h)
 
     matches = index.search(scene)
 
