@@ -120,6 +120,9 @@ ANCHOR_RADIUS = 8
 # by a factor of 1/MIN_GAIN either way; LUMA (core.images) weighs R, G, B into grey.
 GREY_CHROMA = 25.0
 MIN_GAIN = 0.5
+CLIPPED = 2  # a channel this near 0 or 255 may be clipped, see _gain_error
+MIN_UNCLIPPED = 4
+LIGHTING_TOLERANCE = 10.0  # RGB units, see _recolouring_error
 MIN_REGION_PIXELS = 16  # thumbnail pixels of a region the query must show for its colour
 # The structure check (KeypointIndex._structure): edge orientation fields compared per cell
 # of a STRUCTURE_CELLS x STRUCTURE_CELLS grid over the thumbnail, after smoothing the structure
@@ -251,6 +254,8 @@ class KeypointThresholds:
     # min_evidence.
     min_structure: float = 0.25
     min_shown: float = 0.5
+    # ... or this share, of a copy that matches pixel for pixel where it is shown (see _judge).
+    min_shown_cropped: float = 0.3
     min_evidence: float = 0.1
     # ... and pixel by pixel (see KeypointIndex._residual), outside the largest part the
     # exemplar does not explain: this share of the pixels must have their region's colour,
@@ -898,20 +903,46 @@ def _recolouring_error(exemplar: Array, query: Array, weights: Array) -> float:
     errors.append(
         max(_gain_error([e_high, e_low], [q_high, q_low], weights), float(hue_error.max()))
     )
+    # Light alone, the hues kept: the channels scale together, and harsher light clips some
+    # (and so moves hues, which the fit above cannot follow). One gain and offset then fit
+    # every channel of every region almost exactly (within ~1 unit on the benchmark's lit
+    # copies); a look-alike in a similar palette fits loosely, so this fit must be tight.
+    lit = _gain_error(list(exemplar.T), list(query.T), weights, clips=True)
+    if lit <= LIGHTING_TOLERANCE:
+        errors.append(lit)
     return min(errors)
 
 
-def _gain_error(exemplar: list[Array], query: list[Array], weights: Array) -> float:
+def _gain_error(
+    exemplar: list[Array], query: list[Array], weights: Array, clips: bool = False
+) -> float:
     """The worst absolute error of the weighted least-squares fit query = gain * exemplar +
     offset over all the paired (n,) arrays, infinite when the gain is out of range (a
-    flattened or inverted copy is not a lighting change)."""
+    flattened or inverted copy is not a lighting change).
+
+    With `clips`, a query value within CLIPPED of 0 or 255 may be clipped (harsher light or
+    contrast pushes a channel past black or white, where it stays): the fit is to the other
+    values, at least MIN_UNCLIPPED of them, and a clipped value only needs the fit to reach
+    its end of the range."""
     x, y = np.concatenate(exemplar), np.concatenate(query)
     w = np.sqrt(np.tile(weights, len(exemplar)))
+    dark = bright = np.zeros(len(y), bool)
+    if clips:
+        dark, bright = y <= CLIPPED, y >= 255 - CLIPPED
+    fitted = ~(dark | bright)
+    if clips and (fitted.sum() < MIN_UNCLIPPED or np.ptp(x[fitted]) == 0):
+        return float("inf")
     design = np.stack([x, np.ones_like(x)], axis=1)
-    (gain, offset), *_ = np.linalg.lstsq(design * w[:, None], y * w, rcond=None)
+    (gain, offset), *_ = np.linalg.lstsq(
+        design[fitted] * w[fitted, None], y[fitted] * w[fitted], rcond=None
+    )
     if not MIN_GAIN <= gain <= 1 / MIN_GAIN:
         return float("inf")
-    return float(np.abs(gain * x + offset - y).max())
+    predicted = gain * x + offset
+    error = np.abs(predicted - y)
+    error[dark] = np.maximum(predicted[dark] - y[dark], 0)
+    error[bright] = np.maximum(y[bright] - predicted[bright], 0)
+    return float(error.max())
 
 
 def _near(query: _Query, targets: Array, angles: Array, radius: float) -> tuple[Array, Array]:
@@ -1519,7 +1550,10 @@ class KeypointIndex:
         if coverage < t.min_coverage and not (exact or partly_covered):
             return None
         structure, shown = self._structure(row, warped, inside)
-        if shown < t.min_shown:
+        # A crop (the image's frame cutting the exemplar) shows less of it: then what is
+        # shown must match pixel for pixel, with a whole copy's share of its features.
+        cropped = pixel_for_pixel and residual.covered < t.min_covered
+        if shown < (t.min_shown_cropped if cropped and coverage >= t.min_coverage else t.min_shown):
             return None
         # Few features and every pixel its own, or more features and most pixels.
         enough_evidence = exact or (

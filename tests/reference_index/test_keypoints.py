@@ -947,3 +947,30 @@ def test_a_sign_whose_ring_runs_off_its_side_is_found_on_its_outline_aligned() -
 
     assert [m.asset_id for m in matches] == ["asset-sign"]
     assert iou(matches[0].box, (x, y, x + w, y + h)) >= 0.9
+
+
+def test_a_copy_in_harsher_light_that_clips_its_channels_is_found() -> None:
+    # Contrast raised by 1.4 and the light lowered: channels pushed past black or white stay
+    # there, which moves the hues and throws off a fit of one gain and offset to every
+    # colour. Fitted to the unclipped channels, the clipped ones needing only to reach
+    # their end of the range, each copy is a change of light of its exemplar, within about
+    # one RGB unit.
+    index = KeypointIndex.build(among_26_logos())
+    for asset in ("asset-0", "asset-2", "asset-3"):
+        lit = np.clip((LOGOS[asset] - 128.0) * 1.4 + 128 - 30, 0, 255).astype(np.uint8)
+        assert top(index.search(lit)) == asset, asset
+
+
+def test_a_copy_cut_by_the_frame_to_less_than_half_its_edges_is_found_and_only_it() -> None:
+    # The image's frame cuts 45% off each copy, leaving less than half of its exemplar's
+    # edges; the part shown matches pixel for pixel. LOGOS share one palette: asset-3 fits
+    # part of cut asset-0 within one loose change of light, so only a tight fit may count
+    # as a change of light alone (see _recolouring_error).
+    sign = ellipse_and_star((120, 30, 40), (235, 225, 170))
+    index = KeypointIndex.build([*among_26_logos(), ("e", "asset-x", sign)])
+    width = LOGOS["asset-0"].shape[1]
+    cut_logo = np.ascontiguousarray(LOGOS["asset-0"][:, round(width * 0.45) :])
+    cut_sign = np.ascontiguousarray(sign[:, : round(sign.shape[1] * 0.55)])
+
+    assert [m.asset_id for m in index.search(cut_logo)] == ["asset-0"]
+    assert [m.asset_id for m in index.search(cut_sign)] == ["asset-x"]
