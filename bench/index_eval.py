@@ -4,7 +4,9 @@ Matching. Makes N synthetic logos (polygons, stars, circles, rings, bars, letter
 PIL's default font scaled up; two or three colours on a background; no two within PDQ match
 distance of each other) and indexes them with PDQ and with `reference_index.keypoints`. Then,
 for a sample of logos per transform, it queries with a transformed copy and prints recall@1 of
-PDQ alone, keypoints alone and combined (either finds the right asset at rank 1); queries
+PDQ alone, keypoints alone and combined (either finds the right asset at rank 1) (with
+--transforms held-out, a set kept apart from the issue's: resize 25%, crop 20%, JPEG q20,
+blur, lighting, rotate 45, logo at 7% in a photo, tilted in a photo, 40% occluded); queries
 with distractors that hold no indexed logo (photo crops, textures, text, and synthetic scenes:
 photos with unindexed logos and shapes drawn on them) and prints the false-positive rate (any
 match at all); and prints the check latency (PDQ + keypoint search) per 1024x1024 image.
@@ -25,6 +27,7 @@ recall@10 >= 0.95. Figures only: no pass/fail, not part of the test suite.
     python bench/index_eval.py --seed 2                 # other logos, crops and parameters
     python bench/index_eval.py --faiss-sizes 10000,100000
     python bench/index_eval.py --skip-faiss
+    python bench/index_eval.py --skip-faiss --transforms held-out   # harsher and other kinds
     python bench/index_eval.py --quick                  # small and fast: exercises the code
 """
 
@@ -46,7 +49,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 import skimage.data
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from reference_index import pdq, vector_index
 from reference_index.keypoints import KeypointIndex
@@ -288,22 +291,19 @@ def _perspective_coefficients(
 
 def in_scene(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
     """The logo at 10% of the width of a 1024x1024 photo, somewhere inside it."""
-    scene = photo_crop(rng, pool).copy()
-    h, w = logo.shape[:2]
-    new_w = round(SCENE_SIDE * 0.1)
-    new_h = round(h * new_w / w)
-    small = resize(logo, new_w, new_h)
-    x, y = int(rng.integers(0, SCENE_SIDE - new_w)), int(rng.integers(0, SCENE_SIDE - new_h))
-    scene[y : y + new_h, x : x + new_w] = small
-    return Query(scene, (x, y, x + new_w, y + new_h))
+    return _in_photo(logo, rng, pool, 0.1)
 
 
 def occlude_30(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
-    """A photo patch covering 30% of the logo's area, at a random place."""
+    return _occluded(logo, rng, pool, 0.3)
+
+
+def _occluded(logo: Rgb, rng: Rng, pool: Sequence[Rgb], share: float) -> Query:
+    """A photo patch covering `share` of the logo's area, at a random place."""
     h, w = logo.shape[:2]
     aspect = rng.uniform(0.5, 2.0)
-    ow = min(w, round(np.sqrt(0.3 * w * h * aspect)))
-    oh = min(h, round(0.3 * w * h / ow))
+    ow = min(w, round(np.sqrt(share * w * h * aspect)))
+    oh = min(h, round(share * w * h / ow))
     x, y = int(rng.integers(0, w - ow + 1)), int(rng.integers(0, h - oh + 1))
     image = logo.copy()
     image[y : y + oh, x : x + ow] = photo_crop(rng, pool, side=max(ow, oh))[:oh, :ow]
@@ -325,6 +325,92 @@ TRANSFORMS: dict[str, Callable[[Rgb, Rng, Sequence[Rgb]], Query]] = {
     "in scene 10%": in_scene,
     "occlude 30%": occlude_30,
     "grayscale": grayscale,
+}
+
+
+# Held out (--transforms held-out): harsher versions of the kinds above and kinds they lack
+# (blur, lighting), kept apart from the thresholds' tuning so that the benchmark can show
+# whether the matchers generalise. (Seed 11 of this set found two kinds of miss, since
+# mended; seeds no one has looked at are the held-out measure.)
+
+
+def resize_quarter(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    h, w = logo.shape[:2]
+    f = rng.uniform(0.22, 0.28)
+    return _whole(resize(logo, round(w * f), round(h * f)))
+
+
+def crop_20(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    """Cuts 20% of the width and of the height, split at random between the two sides."""
+    h, w = logo.shape[:2]
+    left, top = int(rng.uniform(0, 0.2) * w), int(rng.uniform(0, 0.2) * h)
+    right, bottom = left + round(0.8 * w), top + round(0.8 * h)
+    return Query(logo[top:bottom, left:right], (-left, -top, w - left, h - top))
+
+
+def jpeg_20(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    buffer = io.BytesIO()
+    Image.fromarray(logo).save(buffer, format="JPEG", quality=20)
+    return _whole(np.asarray(Image.open(buffer).convert("RGB")))
+
+
+def blur(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    radius = rng.uniform(1.5, 2.5)
+    return _whole(np.asarray(Image.fromarray(logo).filter(ImageFilter.GaussianBlur(radius))))
+
+
+def lighting(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    """Contrast scaled by 0.6-0.8 or 1.2-1.4 about mid-grey, brightness moved by up to 30."""
+    gain = rng.uniform(0.6, 0.8) if rng.random() < 0.5 else rng.uniform(1.2, 1.4)
+    shift = rng.uniform(-30, 30)
+    return _whole(np.clip((logo - 128.0) * gain + 128 + shift, 0, 255).astype(np.uint8))
+
+
+def rotate_45(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    angle = rng.uniform(40, 50) * rng.choice([-1, 1])
+    image = Image.fromarray(logo).rotate(
+        angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=_fill(rng)
+    )
+    return Query(np.asarray(image), (0, 0, image.width, image.height))
+
+
+def in_scene_small(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    """The logo at 7% of the width of a 1024x1024 photo (72 pixels)."""
+    return _in_photo(logo, rng, pool, 0.07)
+
+
+def in_scene_tilted(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    """The logo tilted (see perspective_tilt) at 15% of the width of a 1024x1024 photo."""
+    tilted = perspective_tilt(logo, rng, pool)
+    x0, y0, x1, y1 = tilted.box
+    return _in_photo(tilted.image[y0:y1, x0:x1], rng, pool, 0.15)
+
+
+def _in_photo(logo: Rgb, rng: Rng, pool: Sequence[Rgb], share: float) -> Query:
+    scene = photo_crop(rng, pool).copy()
+    h, w = logo.shape[:2]
+    new_w = round(SCENE_SIDE * share)
+    new_h = round(h * new_w / w)
+    small = resize(logo, new_w, new_h)
+    x, y = int(rng.integers(0, SCENE_SIDE - new_w)), int(rng.integers(0, SCENE_SIDE - new_h))
+    scene[y : y + new_h, x : x + new_w] = small
+    return Query(scene, (x, y, x + new_w, y + new_h))
+
+
+def occlude_40(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    return _occluded(logo, rng, pool, 0.4)
+
+
+HELD_OUT: dict[str, Callable[[Rgb, Rng, Sequence[Rgb]], Query]] = {
+    "resize 25%": resize_quarter,
+    "crop 20%": crop_20,
+    "jpeg q20": jpeg_20,
+    "blur": blur,
+    "lighting": lighting,
+    "rotate 45": rotate_45,
+    "in scene 7%": in_scene_small,
+    "in scene tilt": in_scene_tilted,
+    "occlude 40%": occlude_40,
 }
 
 
@@ -467,7 +553,8 @@ def evaluate_matching(args: argparse.Namespace) -> None:
         "keyp. ms p50/max"
     )
     totals = [0, 0, 0, 0, 0]
-    for name, transform in TRANSFORMS.items():
+    transforms = HELD_OUT if args.transforms == "held-out" else TRANSFORMS
+    for name, transform in transforms.items():
         hits = [0, 0, 0, 0]
         seconds: list[float] = []
         for _ in range(args.per_transform):
@@ -733,6 +820,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--faiss-dim", type=int, default=768)
     parser.add_argument("--ef-search", type=_sizes, default=[32, 64, 128, 256])
     parser.add_argument("--exact-limit", type=int, default=10_000, help="service's Flat limit")
+    parser.add_argument(
+        "--transforms",
+        choices=["benchmark", "held-out"],
+        default="benchmark",
+        help="the issue's transforms, or harsher and other ones kept apart from tuning",
+    )
     parser.add_argument("--skip-faiss", action="store_true")
     parser.add_argument("--skip-matching", action="store_true")
     parser.add_argument("--quick", action="store_true", help="small and fast: checks the code")
@@ -748,7 +841,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(
         f"parameters: seed={args.seed} logos={args.logos} per_transform={args.per_transform} "
-        f"distractors={args.distractors} faiss_sizes={args.faiss_sizes} "
+        f"distractors={args.distractors} transforms={args.transforms} "
+        f"faiss_sizes={args.faiss_sizes} "
         f"faiss_dim={args.faiss_dim} "
         f"ef_search={args.ef_search} skip_faiss={args.skip_faiss} "
         f"pdq: max distance {PDQ_MAX_DISTANCE}, min quality {PDQ_MIN_QUALITY}; keypoints: "
