@@ -204,22 +204,34 @@ def _whole(image: Rgb) -> Query:
 
 
 def resize_half(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    return _resized(logo, rng, 0.45, 0.55)
+
+
+def _resized(logo: Rgb, rng: Rng, low: float, high: float) -> Query:
     h, w = logo.shape[:2]
-    f = rng.uniform(0.45, 0.55)
+    f = rng.uniform(low, high)
     return _whole(resize(logo, round(w * f), round(h * f)))
 
 
 def crop_10(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
-    """Cuts 10% of the width and of the height, split at random between the two sides."""
+    return _cropped(logo, rng, 0.1)
+
+
+def _cropped(logo: Rgb, rng: Rng, share: float) -> Query:
+    """Cuts `share` of the width and of the height, split at random between the two sides."""
     h, w = logo.shape[:2]
-    left, top = int(rng.uniform(0, 0.1) * w), int(rng.uniform(0, 0.1) * h)
-    right, bottom = left + round(0.9 * w), top + round(0.9 * h)
+    left, top = int(rng.uniform(0, share) * w), int(rng.uniform(0, share) * h)
+    right, bottom = left + round((1 - share) * w), top + round((1 - share) * h)
     return Query(logo[top:bottom, left:right], (-left, -top, w - left, h - top))
 
 
 def jpeg_40(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
+    return _jpeg(logo, 40)
+
+
+def _jpeg(logo: Rgb, quality: int) -> Query:
     buffer = io.BytesIO()
-    Image.fromarray(logo).save(buffer, format="JPEG", quality=40)
+    Image.fromarray(logo).save(buffer, format="JPEG", quality=quality)
     return _whole(np.asarray(Image.open(buffer).convert("RGB")))
 
 
@@ -241,7 +253,11 @@ def _fill(rng: Rng) -> tuple[int, int, int]:
 
 
 def rotate_15(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
-    angle = rng.uniform(13, 17) * rng.choice([-1, 1])
+    return _rotated(logo, rng, 13, 17)
+
+
+def _rotated(logo: Rgb, rng: Rng, low: float, high: float) -> Query:
+    angle = rng.uniform(low, high) * rng.choice([-1, 1])
     image = Image.fromarray(logo).rotate(
         angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=_fill(rng)
     )
@@ -335,23 +351,15 @@ TRANSFORMS: dict[str, Callable[[Rgb, Rng, Sequence[Rgb]], Query]] = {
 
 
 def resize_quarter(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
-    h, w = logo.shape[:2]
-    f = rng.uniform(0.22, 0.28)
-    return _whole(resize(logo, round(w * f), round(h * f)))
+    return _resized(logo, rng, 0.22, 0.28)
 
 
 def crop_20(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
-    """Cuts 20% of the width and of the height, split at random between the two sides."""
-    h, w = logo.shape[:2]
-    left, top = int(rng.uniform(0, 0.2) * w), int(rng.uniform(0, 0.2) * h)
-    right, bottom = left + round(0.8 * w), top + round(0.8 * h)
-    return Query(logo[top:bottom, left:right], (-left, -top, w - left, h - top))
+    return _cropped(logo, rng, 0.2)
 
 
 def jpeg_20(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
-    buffer = io.BytesIO()
-    Image.fromarray(logo).save(buffer, format="JPEG", quality=20)
-    return _whole(np.asarray(Image.open(buffer).convert("RGB")))
+    return _jpeg(logo, 20)
 
 
 def blur(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
@@ -367,11 +375,7 @@ def lighting(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
 
 
 def rotate_45(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
-    angle = rng.uniform(40, 50) * rng.choice([-1, 1])
-    image = Image.fromarray(logo).rotate(
-        angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=_fill(rng)
-    )
-    return Query(np.asarray(image), (0, 0, image.width, image.height))
+    return _rotated(logo, rng, 40, 50)
 
 
 def in_scene_small(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:

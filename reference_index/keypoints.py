@@ -121,7 +121,7 @@ ANCHOR_RADIUS = 8
 GREY_CHROMA = 25.0
 MIN_GAIN = 0.5
 CLIPPED = 2  # a channel this near 0 or 255 may be clipped, see _gain_error
-MIN_UNCLIPPED = 4
+MIN_UNCLIPPED = 4  # unclipped values such a fit needs
 LIGHTING_TOLERANCE = 10.0  # RGB units, see _recolouring_error
 MIN_REGION_PIXELS = 16  # thumbnail pixels of a region the query must show for its colour
 # The structure check (KeypointIndex._structure): edge orientation fields compared per cell
@@ -873,8 +873,9 @@ def _extremes(colours: Array) -> tuple[Array, Array, Array]:
 def _recolouring_error(exemplar: Array, query: Array, weights: Array) -> float:
     """How far (RGB units, the worst region) the query's region colours are from what one
     global recolouring makes of the exemplar's: a hue rotation by one angle with one
-    brightness and contrast change (gain MIN_GAIN..1/MIN_GAIN), or a conversion to grey.
-    (n, 3) colours, one row per region, weighted by their pixels.
+    brightness and contrast change (gain MIN_GAIN..1/MIN_GAIN), a conversion to grey, or a
+    change of light alone that may clip channels at black or white. (n, 3) colours, one row
+    per region, weighted by their pixels.
 
     A copy is recoloured as a whole, whatever was done to it (its hues turned, grey, the
     light of a photo); a look-alike that shares a shape has its own colours, which no one
@@ -1550,10 +1551,13 @@ class KeypointIndex:
         if coverage < t.min_coverage and not (exact or partly_covered):
             return None
         structure, shown = self._structure(row, warped, inside)
-        # A crop (the image's frame cutting the exemplar) shows less of it: then what is
-        # shown must match pixel for pixel, with a whole copy's share of its features.
-        cropped = pixel_for_pixel and residual.covered < t.min_covered
-        if shown < (t.min_shown_cropped if cropped and coverage >= t.min_coverage else t.min_shown):
+        # A crop (the image's frame cutting the exemplar) shows less of it: enough when what
+        # is shown matches pixel for pixel, nothing set aside as covered, with a whole copy's
+        # share of its features.
+        exact_crop = (
+            pixel_for_pixel and residual.covered < t.min_covered and coverage >= t.min_coverage
+        )
+        if shown < (t.min_shown_cropped if exact_crop else t.min_shown):
             return None
         # Few features and every pixel its own, or more features and most pixels.
         enough_evidence = exact or (
