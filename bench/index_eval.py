@@ -310,6 +310,18 @@ def in_scene(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
     return _in_photo(logo, rng, pool, 0.1)
 
 
+def _in_photo(logo: Rgb, rng: Rng, pool: Sequence[Rgb], share: float) -> Query:
+    """The logo at `share` of the width of a 1024x1024 photo, somewhere inside it."""
+    scene = photo_crop(rng, pool).copy()
+    h, w = logo.shape[:2]
+    new_w = round(SCENE_SIDE * share)
+    new_h = round(h * new_w / w)
+    small = resize(logo, new_w, new_h)
+    x, y = int(rng.integers(0, SCENE_SIDE - new_w)), int(rng.integers(0, SCENE_SIDE - new_h))
+    scene[y : y + new_h, x : x + new_w] = small
+    return Query(scene, (x, y, x + new_w, y + new_h))
+
+
 def occlude_30(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
     return _occluded(logo, rng, pool, 0.3)
 
@@ -388,17 +400,6 @@ def in_scene_tilted(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
     tilted = perspective_tilt(logo, rng, pool)
     x0, y0, x1, y1 = tilted.box
     return _in_photo(tilted.image[y0:y1, x0:x1], rng, pool, 0.15)
-
-
-def _in_photo(logo: Rgb, rng: Rng, pool: Sequence[Rgb], share: float) -> Query:
-    scene = photo_crop(rng, pool).copy()
-    h, w = logo.shape[:2]
-    new_w = round(SCENE_SIDE * share)
-    new_h = round(h * new_w / w)
-    small = resize(logo, new_w, new_h)
-    x, y = int(rng.integers(0, SCENE_SIDE - new_w)), int(rng.integers(0, SCENE_SIDE - new_h))
-    scene[y : y + new_h, x : x + new_w] = small
-    return Query(scene, (x, y, x + new_w, y + new_h))
 
 
 def occlude_40(logo: Rgb, rng: Rng, pool: Sequence[Rgb]) -> Query:
