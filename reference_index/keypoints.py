@@ -254,8 +254,10 @@ class KeypointThresholds:
     # min_evidence.
     min_structure: float = 0.25
     min_shown: float = 0.5
-    # ... or this share, of a copy that matches pixel for pixel where it is shown (see _judge).
+    # ... or this share, of a crop: a copy the image's frame cuts, filling at least
+    # min_crop_fill of the image, that matches pixel for pixel where it is shown (see _judge).
     min_shown_cropped: float = 0.3
+    min_crop_fill: float = 0.5
     min_evidence: float = 0.1
     # ... and pixel by pixel (see KeypointIndex._residual), outside the largest part the
     # exemplar does not explain: this share of the pixels must have their region's colour,
@@ -1553,9 +1555,17 @@ class KeypointIndex:
         structure, shown = self._structure(row, warped, inside)
         # A crop (the image's frame cutting the exemplar) shows less of it: enough when what
         # is shown matches pixel for pixel, nothing set aside as covered, with a whole copy's
-        # share of its features.
+        # share of its features, and the exemplar fills most of the image. (A shape that one
+        # logo shares with another, in a corner of it, matches pixel for pixel as the part of
+        # the other that the frame would leave.)
+        height, width = query.colour.shape[:2]
+        frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
+        filled, _ = cv2.intersectConvexConvex(quad.astype(np.float32), frame)
         exact_crop = (
-            pixel_for_pixel and residual.covered < t.min_covered and coverage >= t.min_coverage
+            pixel_for_pixel
+            and residual.covered < t.min_covered
+            and coverage >= t.min_coverage
+            and filled >= t.min_crop_fill * width * height
         )
         if shown < (t.min_shown_cropped if exact_crop else t.min_shown):
             return None
@@ -1570,7 +1580,7 @@ class KeypointIndex:
         whole = (
             enough_evidence
             and structure >= t.min_structure
-            and self._agreement(row, warped, inside) >= t.min_agreement
+            and self._agreement(row, warped, inside, exact_crop) >= t.min_agreement
         )
         if not (whole or partly_covered):
             return None
@@ -1809,10 +1819,13 @@ class KeypointIndex:
         A pixel is explained when its colour is within COLOUR_TOLERANCE of its region's
         typical query colour (found in the query, so a recoloured copy is explained too: the
         commonest colour of the region's pixels near the homography's inliers, `anchors` in
-        the exemplar's pixels, where the query certainly shows the logo; a cover hiding most
-        of a region cannot lend it its own colour) and the query has no edge there that the
-        exemplar lacks. The largest blob of unexplained pixels, filled to its convex hull, is
-        set aside as what may be covering the logo; outside it, the share of explained
+        the exemplar's pixels, where the query certainly shows the logo, so that a cover
+        hiding most of a region seldom lends it its own colour) and the query has no edge
+        there that the exemplar lacks. The largest blob of unexplained pixels, filled to its
+        convex hull, is set aside as what may be covering the logo. (When that is min_covered
+        or more, the regions' colours are taken again outside it and the blob found again:
+        an even cover over most of a region can lend it its colour all the same, and then
+        only its part over other regions is unexplained.) Outside it, the share of explained
         pixels, the share of the exemplar's edges with a query edge within 2 pixels, and the
         share of the query's edges with an exemplar edge within 2 pixels. A copy, whole or
         partly covered, is explained almost everywhere outside the cover; a look-alike
@@ -1828,39 +1841,45 @@ class KeypointIndex:
         near_anchor = np.zeros(labels.shape, np.uint8)
         for x, y in np.round(anchors * (LABEL_SIDE / max(w, h))).astype(int):
             cv2.circle(near_anchor, (int(x), int(y)), ANCHOR_RADIUS, 1, -1)
-        explained = np.zeros(labels.shape, bool)
-        regions = []
-        for region in np.unique(labels[valid]):
-            members = valid & (labels == region)
-            if members.sum() < 4:
-                continue
-            anchored = members & (near_anchor > 0)
-            sample = colours[anchored] if anchored.sum() >= 4 else colours[members]
-            regions.append(region)
-            distance = np.linalg.norm(colours[members] - _typical(sample), axis=1)
-            explained[members] = distance < COLOUR_TOLERANCE
+        regions = [r for r in np.unique(labels[valid]) if (valid & (labels == r)).sum() >= 4]
         exemplar_edges, strongest = self._edge_maps[row]
         query_strength = _edges(warped)
         near = np.ones((5, 5), np.uint8)
         query_edges = query_strength > 0.25 * strongest
         near_exemplar = cv2.dilate(exemplar_edges.astype(np.uint8), near) > 0
-        # A cover shows what the exemplar does not: other colours, or edges where the
-        # exemplar has none (a photo's texture can share a region's colour here and there).
-        unexplained = (valid & (~explained | (query_edges & ~near_exemplar))).astype(np.uint8)
-        # Opening drops stray pixels (noise, JPEG blocks); closing joins a cover's pieces.
-        unexplained = cv2.morphologyEx(unexplained, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        unexplained = cv2.morphologyEx(unexplained, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
-        count, blobs, stats, _ = cv2.connectedComponentsWithStats(unexplained, connectivity=8)
+        # A second pass where the first set a cover aside (see above), with the regions'
+        # colours from where it left the logo shown.
         cover = np.zeros(labels.shape, bool)
-        if count > 1:
-            largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-            outline, _ = cv2.findContours(
-                (blobs == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-            )
-            hull = np.zeros(labels.shape, np.uint8)
-            cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(outline))], 1)
-            cover = cv2.dilate(hull, np.ones((7, 7), np.uint8)) > 0
-        covered = float((cover & seen).sum() / max(seen.sum(), 1))
+        for _ in range(2):
+            before, cover = cover, np.zeros(labels.shape, bool)
+            explained = np.zeros(labels.shape, bool)
+            for region in regions:
+                members = valid & (labels == region)
+                shown = members & ~before
+                sample = shown if shown.sum() >= MIN_REGION_PIXELS else members
+                anchored = sample & (near_anchor > 0)
+                typical = _typical(colours[anchored] if anchored.sum() >= 4 else colours[sample])
+                explained[members] = np.linalg.norm(colours[members] - typical, axis=1) < (
+                    COLOUR_TOLERANCE
+                )
+            # A cover shows what the exemplar does not: other colours, or edges where the
+            # exemplar has none (a photo's texture can share a region's colour here and there).
+            unexplained = (valid & (~explained | (query_edges & ~near_exemplar))).astype(np.uint8)
+            # Opening drops stray pixels (noise, JPEG blocks); closing joins a cover's pieces.
+            unexplained = cv2.morphologyEx(unexplained, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+            unexplained = cv2.morphologyEx(unexplained, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+            count, blobs, stats, _ = cv2.connectedComponentsWithStats(unexplained, connectivity=8)
+            if count > 1:
+                largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+                outline, _ = cv2.findContours(
+                    (blobs == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+                )
+                hull = np.zeros(labels.shape, np.uint8)
+                cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(outline))], 1)
+                cover = cv2.dilate(hull, np.ones((7, 7), np.uint8)) > 0
+            covered = float((cover & seen).sum() / max(seen.sum(), 1))
+            if covered < self.thresholds.min_covered:
+                break
         rest = valid & ~cover
         if not rest.any() or strongest <= 0:
             return _Residual(cover, covered, 0.0, float("inf"), 0.0, 0.0, 0.0)
@@ -1952,18 +1971,23 @@ class KeypointIndex:
         shown = energy[structured & visible].sum() / energy[structured].sum()
         return float(agreeing), float(shown)
 
-    def _agreement(self, row: int, warped: Array, inside: Array) -> float:
+    def _agreement(self, row: int, warped: Array, inside: Array, shown_only: bool) -> float:
         """How well the exemplar's colour regions explain the query's colours where the
         homography puts the exemplar (`warped`, see _warp), 0..1: for each region (weighing
         the same, so a small missing shape counts as much as a large background that is
         present), the share of its pixels whose query colour is nearest that region's typical
         query colour. A recoloured, grey, noisy or compressed copy keeps its regions and
         scores near 1; a covered part or a part outside the query scores 0; a look-alike that
-        shares a letter or a ring but not the rest scores low."""
+        shares a letter or a ring but not the rest scores low.
+
+        `shown_only`: of the part inside the query (a crop that matched pixel for pixel
+        where shown, see _judge: the regions the frame cut away are not there to agree)."""
         labels = self._labels[row]
-        region_sizes = np.bincount(labels[labels != NO_LABEL], minlength=LABELS)
-        regions = [g for g in range(LABELS) if region_sizes[g] >= 0.005 * region_sizes.sum()]
         seen = inside & (labels != NO_LABEL)
+        region_sizes = np.bincount(
+            labels[seen if shown_only else labels != NO_LABEL], minlength=LABELS
+        )
+        regions = [g for g in range(LABELS) if region_sizes[g] >= 0.005 * region_sizes.sum()]
         pixels = warped[seen].astype(np.float64)
         groups = labels[seen]
         typical = {
