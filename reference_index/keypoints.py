@@ -39,7 +39,7 @@ How a search works:
    exemplar (a shared letter or corner is not the logo). When that homography fails the
    checks below and throws a corner of the outline far from where an affine fit to the same
    pairs puts it (inliers in one part of a small logo fix a homography poorly elsewhere),
-   the affine fit, if it explains as many pairs, is judged as well.
+   the affine fit, if it explains nearly as many pairs, is judged as well.
 5. Then the query, warped back into the exemplar's frame, must look like it: its colours must
    fall into the exemplar's colour regions (_agreement), and its edges must run where the
    exemplar's do and nowhere else, cell by cell, whatever their colours (_structure). The
