@@ -813,6 +813,31 @@ def _graphic_regions(rgb: Array) -> list[Box]:
     ]
 
 
+def _frame(width: float, height: float) -> Array:
+    """(4, 2) float64: a width x height image's frame, clockwise on screen from its top left."""
+    return np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
+
+
+def _cover(unexplained: Array) -> Array:
+    """(s, s) bool: the largest blob of `unexplained` pixels filled to its convex hull, with
+    a 3-pixel margin (the cover's edge blurs into the pixels next to it); empty when nothing
+    is unexplained. Opening first drops stray pixels (noise, JPEG blocks); closing joins a
+    cover's pieces."""
+    mask: Array = unexplained.astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+    count, blobs, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    hull = np.zeros(mask.shape, np.uint8)
+    if count > 1:
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        outline, _ = cv2.findContours(
+            (blobs == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(outline))], 1)
+    cover: Array = cv2.dilate(hull, np.ones((7, 7), np.uint8)) > 0
+    return cover
+
+
 def _seen(extent: Array, inside: Array) -> Array:
     """(s, s) float32 0/1 mask: where the query shows an exemplar, within its `extent` (see
     KeypointIndex._extent) and STRUCTURE_MARGIN pixels in from where the query ends
@@ -1562,8 +1587,9 @@ class KeypointIndex:
         # logo shares with another, in a corner of it, matches pixel for pixel as the part of
         # the other that the frame would leave.)
         height, width = query.colour.shape[:2]
-        frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
-        filled, _ = cv2.intersectConvexConvex(quad.astype(np.float32), frame)
+        filled, _ = cv2.intersectConvexConvex(
+            quad.astype(np.float32), _frame(width, height).astype(np.float32)
+        )
         exact_crop = (
             pixel_for_pixel
             and residual.covered < t.min_covered
@@ -1606,8 +1632,7 @@ class KeypointIndex:
     def _corners(self, row: int) -> Array:
         """(1, 4, 2) float64: the outline of exemplar `row`, counter-clockwise from the top
         left, as cv2.perspectiveTransform takes points."""
-        w, h = self._sizes[row]
-        return np.array([[[0, 0], [w, 0], [w, h], [0, h]]], np.float64)
+        return _frame(*self._sizes[row])[None]
 
     def _derive(self, row: int) -> None:
         """Records what exemplar `row`'s searches use that its thumbnail gives (its colour
@@ -1671,7 +1696,7 @@ class KeypointIndex:
         sign's own)."""
         t = self.thresholds
         height, width = query.colour.shape[:2]
-        frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
+        frame = _frame(width, height)
         # Averaging a query shrunk to 8 pixels a cell is as good and quicker than averaging
         # all of a large one (shrunk takes factors below 1 only; a small query is used whole).
         factor = 8 * LAYOUT_SIDE / max(height, width)
@@ -1854,7 +1879,7 @@ class KeypointIndex:
         # colours from where it left the logo shown.
         cover = np.zeros(labels.shape, bool)
         for _ in range(2):
-            before, cover = cover, np.zeros(labels.shape, bool)
+            before = cover
             explained = np.zeros(labels.shape, bool)
             for region in regions:
                 members = valid & (labels == region)
@@ -1867,19 +1892,7 @@ class KeypointIndex:
                 )
             # A cover shows what the exemplar does not: other colours, or edges where the
             # exemplar has none (a photo's texture can share a region's colour here and there).
-            unexplained = (valid & (~explained | (query_edges & ~near_exemplar))).astype(np.uint8)
-            # Opening drops stray pixels (noise, JPEG blocks); closing joins a cover's pieces.
-            unexplained = cv2.morphologyEx(unexplained, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-            unexplained = cv2.morphologyEx(unexplained, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
-            count, blobs, stats, _ = cv2.connectedComponentsWithStats(unexplained, connectivity=8)
-            if count > 1:
-                largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-                outline, _ = cv2.findContours(
-                    (blobs == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-                )
-                hull = np.zeros(labels.shape, np.uint8)
-                cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(outline))], 1)
-                cover = cv2.dilate(hull, np.ones((7, 7), np.uint8)) > 0
+            cover = _cover(valid & (~explained | (query_edges & ~near_exemplar)))
             covered = float((cover & seen).sum() / max(seen.sum(), 1))
             if covered < self.thresholds.min_covered:
                 break
