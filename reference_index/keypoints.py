@@ -1848,8 +1848,9 @@ class KeypointIndex:
         typical query colour (found in the query, so a recoloured copy is explained too: the
         commonest colour of the region's pixels near the homography's inliers, `anchors` in
         the exemplar's pixels, where the query certainly shows the logo, so that a cover
-        hiding most of a region seldom lends it its own colour) and the query has no edge
-        there that the exemplar lacks. The largest blob of unexplained pixels, filled to its
+        hiding most of a region seldom lends it its own colour; the exemplar's own colour
+        where a tenth of the region's pixels show it) and the query has no edge there that
+        the exemplar lacks. The largest blob of unexplained pixels, filled to its
         convex hull, is set aside as what may be covering the logo. (When that is min_covered
         or more, the regions' colours are taken again outside it and the blob found again:
         an even cover over most of a region can lend it its colour all the same, and then
@@ -1875,6 +1876,8 @@ class KeypointIndex:
         near = np.ones((5, 5), np.uint8)
         query_edges = query_strength > 0.25 * strongest
         near_exemplar = cv2.dilate(exemplar_edges.astype(np.uint8), near) > 0
+        thumbnail = self._thumbnails[row]
+        own_colours = {r: np.median(thumbnail[labels == r], axis=0) for r in regions}
         # A second pass where the first set a cover aside (see above), with the regions'
         # colours from where it left the logo shown.
         cover = np.zeros(labels.shape, bool)
@@ -1887,6 +1890,15 @@ class KeypointIndex:
                 sample = shown if shown.sum() >= MIN_REGION_PIXELS else members
                 anchored = sample & (near_anchor > 0)
                 typical = _typical(colours[anchored] if anchored.sum() >= 4 else colours[sample])
+                # A textured cover over most of a region can also hold most of the features
+                # near it, and lend the region its colour all the same: where a tenth of the
+                # region's pixels still show the exemplar's own colour, that is the region's.
+                own = own_colours[region]
+                as_is = np.linalg.norm(colours[sample] - own, axis=1) < COLOUR_TOLERANCE
+                if np.linalg.norm(typical - own) >= COLOUR_TOLERANCE and as_is.sum() >= max(
+                    MIN_REGION_PIXELS, 0.1 * sample.sum()
+                ):
+                    typical = own
                 explained[members] = np.linalg.norm(colours[members] - typical, axis=1) < (
                     COLOUR_TOLERANCE
                 )
@@ -1901,17 +1913,16 @@ class KeypointIndex:
             return _Residual(cover, covered, 0.0, float("inf"), 0.0, 0.0, 0.0)
         # The regions' colours where the query shows them (not under the cover, which lends a
         # region its own colour) must be one recolouring of the exemplar's.
-        thumbnail = self._thumbnails[row]
-        exemplar_colours, query_colours, weights = [], [], []
+        shown_own, query_colours, weights = [], [], []
         for region in regions:
             members = labels == region
             shown_members = rest & members
             if shown_members.sum() >= max(MIN_REGION_PIXELS, 0.1 * (valid & members).sum()):
-                exemplar_colours.append(np.median(thumbnail[members], axis=0))
+                shown_own.append(own_colours[region])
                 query_colours.append(_typical(colours[shown_members]))
                 weights.append(float(shown_members.sum()))
         recolouring = _recolouring_error(
-            np.array(exemplar_colours, np.float64).reshape(-1, 3),
+            np.array(shown_own, np.float64).reshape(-1, 3),
             np.array(query_colours, np.float64).reshape(-1, 3),
             np.array(weights),
         )
