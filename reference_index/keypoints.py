@@ -266,9 +266,10 @@ class KeypointThresholds:
     min_colours: float = 0.85
     min_edges_found: float = 0.85
     min_edges_explained: float = 0.5
-    # A partly covered copy: when that unexplained part is one blob covering between
-    # min_covered and max_covered of the exemplar, and at least min_foreign_covered of what
-    # it hides has colours the exemplar does not have at all (see _residual), the rest alone
+    # A partly covered copy: when that unexplained part is one blob, set aside over at least
+    # min_covered of the exemplar shown, the blob and the image's frame together hide at
+    # most max_covered of the exemplar, and at least min_foreign_covered of what the blob
+    # hides has colours the exemplar does not have at all (see _residual), the rest alone
     # may decide, but only if it matches almost perfectly (the other *_covered thresholds);
     # the coarser checks above, which the covered part drags down, are then not needed.
     min_covered: float = 0.1
@@ -340,7 +341,8 @@ class _Residual:
     """See KeypointIndex._residual; the shares 0..1."""
 
     cover: Array  # (s, s) bool over the exemplar's thumbnail frame: set aside as covered
-    covered: float  # share of the exemplar set aside as covered
+    covered: float  # share of the exemplar shown that is set aside as covered
+    unseen: float  # share of the exemplar not shown: under the cover, or outside the query
     foreign: float  # of its pixels unlike their region: share unlike every region shown
     recolouring: float  # RGB error of the one recolouring that best explains the regions' colours
     colours: float  # outside it: pixels with their region's colour
@@ -819,10 +821,9 @@ def _frame(width: float, height: float) -> Array:
 
 
 def _cover(unexplained: Array) -> Array:
-    """(s, s) bool: the largest blob of `unexplained` pixels filled to its convex hull, with
-    a 3-pixel margin (the cover's edge blurs into the pixels next to it); empty when nothing
-    is unexplained. Opening first drops stray pixels (noise, JPEG blocks); closing joins a
-    cover's pieces."""
+    """(s, s) bool: the largest blob of `unexplained` pixels filled to its convex hull; empty
+    when nothing is unexplained. Opening first drops stray pixels (noise, JPEG blocks);
+    closing joins a cover's pieces."""
     mask: Array = unexplained.astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
@@ -834,7 +835,7 @@ def _cover(unexplained: Array) -> Array:
             (blobs == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
         )
         cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(outline))], 1)
-    cover: Array = cv2.dilate(hull, np.ones((7, 7), np.uint8)) > 0
+    cover: Array = hull > 0
     return cover
 
 
@@ -1564,7 +1565,8 @@ class KeypointIndex:
         )
         partly_covered = (
             pixel_for_pixel
-            and t.min_covered <= residual.covered <= t.max_covered
+            and residual.covered >= t.min_covered
+            and residual.unseen <= t.max_covered
             and inliers >= t.min_coverage * _places(left)
             and residual.foreign >= t.min_foreign_covered
         )
@@ -1850,20 +1852,23 @@ class KeypointIndex:
         the exemplar's pixels, where the query certainly shows the logo, so that a cover
         hiding most of a region seldom lends it its own colour; the exemplar's own colour
         where a tenth of the region's pixels show it) and the query has no edge there that
-        the exemplar lacks. The largest blob of unexplained pixels, filled to its
-        convex hull, is set aside as what may be covering the logo. (When that is min_covered
-        or more, the regions' colours are taken again outside it and the blob found again:
-        an even cover over most of a region can lend it its colour all the same, and then
-        only its part over other regions is unexplained.) Outside it, the share of explained
-        pixels, the share of the exemplar's edges with a query edge within 2 pixels, and the
-        share of the query's edges with an exemplar edge within 2 pixels. A copy, whole or
+        the exemplar lacks. The largest blob of unexplained pixels, filled to its convex
+        hull, is what may be covering the logo, set aside with a margin: `covered` is the
+        share of the exemplar shown so set aside, `unseen` the share of the exemplar the
+        blob or the image's frame hides. (When `covered` is min_covered or more, the
+        regions' colours are taken again outside it and the blob found again: an even cover
+        over most of a region can lend it its colour all the same, and then only its part
+        over other regions is unexplained.) Outside it, the share of explained pixels, the
+        share of the exemplar's edges with a query edge within 2 pixels, and the share of
+        the query's edges with an exemplar edge within 2 pixels. A copy, whole or
         partly covered, is explained almost everywhere outside the cover; a look-alike
         sharing a shape or a letter leaves its other shapes, letters and colours
         unexplained. Last, `recolouring`: how far the typical colours of the regions shown
         outside the blob are from one recolouring of the exemplar's (_recolouring_error;
         with one region shown, from the exemplar's own colour; infinite with none)."""
         labels = self._labels[row]
-        seen = _seen(self._extent(row), inside) > 0
+        extent = self._extent(row)
+        seen = _seen(extent, inside) > 0
         valid = seen & (labels != NO_LABEL)
         colours = warped.astype(np.float32)
         w, h = self._sizes[row]
@@ -1904,13 +1909,17 @@ class KeypointIndex:
                 )
             # A cover shows what the exemplar does not: other colours, or edges where the
             # exemplar has none (a photo's texture can share a region's colour here and there).
-            cover = _cover(valid & (~explained | (query_edges & ~near_exemplar)))
+            hull = _cover(valid & (~explained | (query_edges & ~near_exemplar)))
+            # The cover's edge blurs into the pixels next to it: a 3-pixel margin is set
+            # aside with it (but is not what it hides, see `unseen`).
+            cover = cv2.dilate(hull.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
             covered = float((cover & seen).sum() / max(seen.sum(), 1))
             if covered < self.thresholds.min_covered:
                 break
+        unseen = 1 - float((seen & ~hull).sum() / max(extent.sum(), 1))
         rest = valid & ~cover
         if not rest.any() or strongest <= 0:
-            return _Residual(cover, covered, 0.0, float("inf"), 0.0, 0.0, 0.0)
+            return _Residual(cover, covered, unseen, 0.0, float("inf"), 0.0, 0.0, 0.0)
         # The regions' colours where the query shows them (not under the cover, which lends a
         # region its own colour) must be one recolouring of the exemplar's.
         shown_own, query_colours, weights = [], [], []
@@ -1945,6 +1954,7 @@ class KeypointIndex:
         return _Residual(
             cover=cover,
             covered=covered,
+            unseen=unseen,
             foreign=foreign,
             recolouring=recolouring,
             colours=float(explained[rest].mean()),
