@@ -283,8 +283,12 @@ class KeypointThresholds:
     # features, and a look-alike that shares shapes does not match pixel for pixel.
     min_coverage_exact: float = 0.05
     # Either way, the colours of the exemplar's regions the query shows must be one recolouring
-    # of the exemplar's (see _recolouring_error) within this many RGB units.
+    # of the exemplar's (see _recolouring_error) within this many RGB units; with min_covered
+    # or more of it covered or outside the query, within max_recolouring_covered: its own
+    # colours, or them in another light (a ring recoloured, the rest taken for a cover or
+    # cut away, is any ring).
     max_recolouring: float = 40.0
+    max_recolouring_covered: float = 10.0
     # The projected outline: smallest side (query pixels), smallest corner angle (degrees),
     # largest ratio between opposite sides.
     min_side_px: float = 12.0
@@ -1550,7 +1554,11 @@ class KeypointIndex:
             return None
         warped, inside = self._warp(row, homography, query)
         residual = self._residual(row, warped, inside, anchors)
-        if residual.recolouring > t.max_recolouring:
+        # A copy partly hidden, by a cover or the image's frame, keeps its colours: a shape
+        # or two recoloured, the rest taken for a cover or cut away, is any logo sharing them.
+        set_aside = residual.covered >= t.min_covered
+        hidden = set_aside or residual.unseen >= t.min_covered
+        if residual.recolouring > (t.max_recolouring_covered if hidden else t.max_recolouring):
             return None
         # Of a partly covered copy, the features the cover leaves are what can be found (a
         # cover over a logo's letters hides more than its share of the corners).
@@ -1565,7 +1573,7 @@ class KeypointIndex:
         )
         partly_covered = (
             pixel_for_pixel
-            and residual.covered >= t.min_covered
+            and set_aside
             and residual.unseen <= t.max_covered
             and inliers >= t.min_coverage * _places(left)
             and residual.foreign >= t.min_foreign_covered
@@ -1573,11 +1581,7 @@ class KeypointIndex:
         # A whole copy matching pixel for pixel: few of its features may be found (a logo
         # small in a photo keeps few corners that ORB's patches describe without the scene
         # around them).
-        exact = (
-            pixel_for_pixel
-            and residual.covered < t.min_covered
-            and coverage >= t.min_coverage_exact
-        )
+        exact = pixel_for_pixel and not set_aside and coverage >= t.min_coverage_exact
         # Below min_coverage only those and a partly covered copy can pass: the rest need no
         # edge checks.
         if coverage < t.min_coverage and not (exact or partly_covered):
@@ -1594,7 +1598,7 @@ class KeypointIndex:
         )
         exact_crop = (
             pixel_for_pixel
-            and residual.covered < t.min_covered
+            and not set_aside
             and coverage >= t.min_coverage
             and filled >= t.min_crop_fill * width * height
         )
