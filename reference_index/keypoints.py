@@ -824,7 +824,7 @@ def _frame(width: float, height: float) -> Array:
     return np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
 
 
-def _cover(unexplained: Array) -> Array:
+def _blob_hull(unexplained: Array) -> Array:
     """(s, s) bool: the largest blob of `unexplained` pixels filled to its convex hull; empty
     when nothing is unexplained. Opening first drops stray pixels (noise, JPEG blocks);
     closing joins a cover's pieces."""
@@ -839,8 +839,8 @@ def _cover(unexplained: Array) -> Array:
             (blobs == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
         )
         cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(outline))], 1)
-    cover: Array = hull > 0
-    return cover
+    filled: Array = hull > 0
+    return filled
 
 
 def _seen(extent: Array, inside: Array) -> Array:
@@ -1051,6 +1051,7 @@ class KeypointIndex:
         self._thumbnails: list[Array] = []  # colour thumbnails, see _thumbnail
         self._layouts: list[Array] = []  # colour layouts, see _framed_candidates
         self._edge_maps: list[tuple[Array, float]] = []  # see _edge_map
+        self._region_colours: list[Array] = []  # see _region_colour_table
         # Layouts, in colour and grey: fine, coarse, log aspect ratios; see _layout_arrays.
         self._stacked_layouts: dict[bool, tuple[Array, Array, Array]] = {}
         self._chunks: list[tuple[Array, Array, Array]] = []  # descriptors, geometry, owner
@@ -1642,10 +1643,21 @@ class KeypointIndex:
 
     def _derive(self, row: int) -> None:
         """Records what exemplar `row`'s searches use that its thumbnail gives (its colour
-        layout and edge map): made when it is added or the index loaded, not stored."""
+        layout, edge map and region colours): made when it is added or the index loaded, not
+        stored."""
         self._layouts.append(self._exemplar_layout(row))
         self._edge_maps.append(self._edge_map(row))
+        self._region_colours.append(self._region_colour_table(row))
         self._stacked_layouts.clear()
+
+    def _region_colour_table(self, row: int) -> Array:
+        """(LABELS, 3) float64: the median thumbnail colour of each of exemplar `row`'s colour
+        regions (zeros for a label it lacks), for _residual."""
+        labels, thumbnail = self._labels[row], self._thumbnails[row]
+        table = np.zeros((LABELS, 3))
+        for region in np.unique(labels[labels != NO_LABEL]):
+            table[region] = np.median(thumbnail[labels == region], axis=0)
+        return table
 
     def _exemplar_layout(self, row: int) -> Array:
         """Exemplar `row`'s colour layout (see _layout), from its thumbnail: the same whether
@@ -1885,8 +1897,7 @@ class KeypointIndex:
         near = np.ones((5, 5), np.uint8)
         query_edges = query_strength > 0.25 * strongest
         near_exemplar = cv2.dilate(exemplar_edges.astype(np.uint8), near) > 0
-        thumbnail = self._thumbnails[row]
-        own_colours = {r: np.median(thumbnail[labels == r], axis=0) for r in regions}
+        own_colours = self._region_colours[row]
         # A second pass where the first set a cover aside (see above), with the regions'
         # colours from where it left the logo shown.
         cover = np.zeros(labels.shape, bool)
@@ -1913,7 +1924,7 @@ class KeypointIndex:
                 )
             # A cover shows what the exemplar does not: other colours, or edges where the
             # exemplar has none (a photo's texture can share a region's colour here and there).
-            hull = _cover(valid & (~explained | (query_edges & ~near_exemplar)))
+            hull = _blob_hull(valid & (~explained | (query_edges & ~near_exemplar)))
             # The cover's edge blurs into the pixels next to it: a 3-pixel margin is set
             # aside with it (but is not what it hides, see `unseen`).
             cover = cv2.dilate(hull.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
