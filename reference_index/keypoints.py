@@ -39,7 +39,10 @@ How a search works:
    exemplar (a shared letter or corner is not the logo). When that homography fails the
    checks below and throws a corner of the outline far from where an affine fit to the same
    pairs puts it (inliers in one part of a small logo fix a homography poorly elsewhere),
-   the affine fit, if it explains nearly as many pairs, is judged as well.
+   the affine fit, if it explains nearly as many pairs, is judged as well. A homography that
+   nearly fits the pixels of step 6 (most in their region's colour, most of the exemplar's
+   edges found) but fails is taken for a few pixels off: aligned to the exemplar's pixels
+   as an outline's pose is, it is judged again.
 5. Then the query, warped back into the exemplar's frame, must look like it: its colours must
    fall into the exemplar's colour regions (_agreement), and its edges must run where the
    exemplar's do and nowhere else, cell by cell, whatever their colours (_structure). The
@@ -318,6 +321,12 @@ class KeypointThresholds:
     zoom_max_share: float = 0.25
     zoom_side: int = 384
     zoom_features: int = 1000
+    # A fitted pose that fails the checks above yet nearly fits (min_colours of the pixels
+    # have their region's colour and min_edges_found_to_align of the exemplar's edges are
+    # found, in one recolouring of it) is taken for a few pixels off, as a homography from
+    # inliers in one part of a small or tilted logo can be: it is aligned to the exemplar's
+    # pixels (see KeypointIndex._aligned) and judged again there, as an outline's pose is.
+    min_edges_found_to_align: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -352,6 +361,14 @@ class _Residual:
     colours: float  # outside it: pixels with their region's colour
     edges_found: float  # the exemplar's edges found in the query
     edges_explained: float  # the query's edges that are the exemplar's
+
+
+@dataclass(frozen=True)
+class _Judgement:
+    """See KeypointIndex._judge."""
+
+    match: KeypointMatch | None
+    close: bool = False  # no match, but worth aligning (see min_edges_found_to_align)
 
 
 @dataclass
@@ -1440,8 +1457,13 @@ class KeypointIndex:
             if inliers < needed:
                 return None
         judged = self._judge(row, query, homography, quad, inliers, expected, source[inlier])
-        if judged is not None:
-            return judged
+        if judged.match is not None:
+            return judged.match
+        if judged.close:  # a few pixels off, see min_edges_found_to_align
+            aligned = self._aligned(row, homography, query)
+            match = None if aligned is None else self._verify_framed(row, aligned, False, query)
+            if match is not None:
+                return match
         # Where the inliers sit in one part of the exemplar, a homography can fit them yet
         # throw the far corners off (a small logo in a scene is then warped wrongly and fails
         # the pixel checks); an affine map cannot. When the two put a corner of the outline
@@ -1463,7 +1485,7 @@ class KeypointIndex:
             return None
         return self._judge(
             row, query, affine, affine_quad, affine_inliers, expected, source[affine_inlier]
-        )
+        ).match
 
     def _verify_framed(
         self, row: int, pose: Array, on_outline: bool, query: _Query
@@ -1479,20 +1501,21 @@ class KeypointIndex:
         round shapes have few), and the pixel checks decide.
 
         Where a shape inside touches the frame, an outline may be found a few pixels off
-        (see _quadrilateral), and the pixel checks fail at its pose: then that pose aligned
-        to the exemplar's pixels (see _aligned) is tried, as exact as the image's frame."""
+        (see _quadrilateral, or a shape as light as the background around the sign hides
+        part of a side), and too few features are found where its pose puts them or the
+        pixel checks fail there: then that pose aligned to the exemplar's pixels (see
+        _aligned) is tried, as exact as the image's frame."""
         t = self.thresholds
         radius = t.guided_px if on_outline else t.ransac_px
         exemplar, pairs, expected = self._guided_pairs(row, pose, query, radius)
         source = exemplar.geometry[pairs[:, 0], :2]
         target = query.features.geometry[pairs[:, 1], :2]
         inliers = _distinct(source, target)
-        if inliers < t.min_seed_inliers:
-            return None
         quad = cv2.perspectiveTransform(self._corners(row), pose)[0]
         match = None
-        if _outline_ok(quad, t):
-            match = self._judge(row, query, pose, quad, inliers, expected, source, fitted=False)
+        if inliers >= t.min_seed_inliers and _outline_ok(quad, t):
+            judged = self._judge(row, query, pose, quad, inliers, expected, source, fitted=False)
+            match = judged.match
         if match is not None or not on_outline:
             return match
         aligned = self._aligned(row, pose, query)
@@ -1539,12 +1562,13 @@ class KeypointIndex:
         expected: Array,
         anchors: Array,
         fitted: bool = True,
-    ) -> KeypointMatch | None:
+    ) -> _Judgement:
         """The match the homography (exemplar `row` -> the query's working frame, projecting
         the outline to `quad`, with `inliers` distinct inliers at `anchors` in the exemplar,
         `expected` the exemplar positions of the features the query could show; `fitted`
         unless the pose was given, see _verify_framed) describes, if the query there looks
-        like the exemplar: the coverage, appearance, structure and pixel checks; else None."""
+        like the exemplar: the coverage, appearance, structure and pixel checks; else no
+        match, and whether a fitted pose nearly fits (see min_edges_found_to_align)."""
         t = self.thresholds
         coverage = inliers / max(_places(expected), 1)
         # A cover hides features: until the pixel checks say where the exemplar is covered,
@@ -1552,7 +1576,7 @@ class KeypointIndex:
         # most candidates those checks. (Not a copy as a whole: there are few of those, and
         # a cover over a simple logo's letters can hide nearly all of its corners.)
         if fitted and coverage < t.min_coverage * (1 - t.max_covered):
-            return None
+            return _Judgement(None)
         warped, inside = self._warp(row, homography, query)
         residual = self._residual(row, warped, inside, anchors)
         # A copy partly hidden, by a cover or the image's frame, keeps its colours: a shape
@@ -1560,7 +1584,13 @@ class KeypointIndex:
         set_aside = residual.covered >= t.min_covered
         hidden = set_aside or residual.unseen >= t.min_covered
         if residual.recolouring > (t.max_recolouring_covered if hidden else t.max_recolouring):
-            return None
+            return _Judgement(None)
+        failed = _Judgement(
+            None,
+            close=fitted
+            and residual.colours >= t.min_colours
+            and residual.edges_found >= t.min_edges_found_to_align,
+        )
         # Of a partly covered copy, the features the cover leaves are what can be found (a
         # cover over a logo's letters hides more than its share of the corners).
         fit = LABEL_SIDE / max(self._sizes[row])
@@ -1586,7 +1616,7 @@ class KeypointIndex:
         # Below min_coverage only those and a partly covered copy can pass: the rest need no
         # edge checks.
         if coverage < t.min_coverage and not (exact or partly_covered):
-            return None
+            return failed
         structure, shown = self._structure(row, warped, inside)
         # A crop (the image's frame cutting the exemplar) shows less of it: enough when what
         # is shown matches pixel for pixel, nothing set aside as covered, with a whole copy's
@@ -1604,7 +1634,7 @@ class KeypointIndex:
             and filled >= t.min_crop_fill * width * height
         )
         if shown < (t.min_shown_cropped if exact_crop else t.min_shown):
-            return None
+            return failed
         # Few features and every pixel its own, or more features and most pixels.
         enough_evidence = exact or (
             coverage >= t.min_coverage
@@ -1619,21 +1649,23 @@ class KeypointIndex:
             and self._agreement(row, warped, inside, exact_crop) >= t.min_agreement
         )
         if not (whole or partly_covered):
-            return None
+            return failed
         quad = quad / query.scale
         height, width = query.shape
         x0, y0 = np.clip(np.floor(quad.min(axis=0)), 0, [width, height]).astype(int)
         x1, y1 = np.clip(np.ceil(quad.max(axis=0)), 0, [width, height]).astype(int)
         if x1 <= x0 or y1 <= y0:
-            return None
+            return failed
         score = (1 - np.exp(-inliers / 25)) * np.sqrt(min(1.0, coverage) * structure)
-        return KeypointMatch(
-            asset_id=self._asset_ids[row],
-            exemplar_id=self._exemplar_ids[row],
-            inliers=inliers,
-            score=round(float(score), 4),
-            box=(int(x0), int(y0), int(x1), int(y1)),
-            fitted=fitted,
+        return _Judgement(
+            KeypointMatch(
+                asset_id=self._asset_ids[row],
+                exemplar_id=self._exemplar_ids[row],
+                inliers=inliers,
+                score=round(float(score), 4),
+                box=(int(x0), int(y0), int(x1), int(y1)),
+                fitted=fitted,
+            )
         )
 
     def _corners(self, row: int) -> Array:
