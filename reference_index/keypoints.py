@@ -154,13 +154,13 @@ LAYOUT_ASPECT = 0.03
 LAYOUT_SHORTLIST = 32  # see KeypointIndex._best_layouts
 # ... and of a quadrilateral outline in the query (see _quads): a logo on a sign, a label or
 # a page seen at an angle, or turned, keeps its frame's four corners. Outlines in the edges
-# of the query at half size (Canny on each channel) of at least QUAD_MIN_SIDE squared
-# pixels (working frame) whose convex hull is within QUAD_TOLERANCE of its perimeter of a
-# quadrilateral with edges along QUAD_SUPPORT of its sides; at most QUADS, largest first.
-# An exemplar's frame is put on one whose aspect ratio (mean lengths of opposite sides) is
-# within a factor QUAD_ASPECT of its own: a tilt foreshortens one direction. A pentagonal
-# hull is a quadrilateral with a corner cut off when that corner makes up at most
-# QUAD_MAX_CUT of its area (see _quadrilateral).
+# of the query at half size (Canny on each channel), and of its flat regions, of at least
+# QUAD_MIN_SIDE squared pixels (working frame) whose convex hull is within QUAD_TOLERANCE
+# of its perimeter of a quadrilateral with edges along QUAD_SUPPORT of its sides; at most
+# QUADS, those around graphics first. An exemplar's frame is put on one whose aspect ratio
+# (mean lengths of opposite sides) is within a factor QUAD_ASPECT of its own: a tilt
+# foreshortens one direction. A pentagonal hull is a quadrilateral with a corner cut off
+# when that corner makes up at most QUAD_MAX_CUT of its area (see _quadrilateral).
 QUAD_MIN_SIDE = 32
 QUAD_TOLERANCE = 0.02
 QUAD_MAX_CUT = 0.1
@@ -693,8 +693,10 @@ def _pose(source: Array, target: Array) -> Array:
 
 
 def _quads(rgb: Array) -> list[Array]:
-    """Up to QUADS quadrilateral outlines in the image, largest first: (4, 2) float64
-    corners, clockwise on screen from any of them (see QUAD_MIN_SIDE)."""
+    """Up to QUADS quadrilateral outlines in the image: (4, 2) float64 corners, clockwise on
+    screen from any of them (see QUAD_MIN_SIDE). Those around graphics (see _graphic)
+    first, the largest first: a sign in a photo is outnumbered by the outlines of the
+    photo's own windows, boxes and shadows, most of them larger."""
     half = cv2.resize(rgb, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
     edges = np.zeros(half.shape[:2], np.uint8)
     for channel in cv2.split(half):
@@ -702,12 +704,18 @@ def _quads(rgb: Array) -> list[Array]:
     # Joins an outline's edge pixels where a corner or a weak step breaks it.
     edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))
     contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    # ... which also joins a small sign's frame to the shapes near it, splitting its inside
+    # into pieces; the sign's background is still one flat region (a sign 72 pixels wide,
+    # its disc and ring near its sides, had no outline of its own among the edges).
+    spread = _colour_range(half)
+    flat = (spread < GRAPHIC_FLAT_RANGE).astype(np.uint8)
+    regions, _ = cv2.findContours(flat, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     # A hull runs along the outside of an outline's pixels: a side is on an edge within 2.
     near_edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))
     smallest = (QUAD_MIN_SIDE / 2) ** 2
     largest = 0.9 * half.shape[0] * half.shape[1]  # the image's own frame is tried anyway
     found = []
-    for contour in contours:
+    for contour in itertools.chain(contours, regions):
         area = cv2.contourArea(contour)
         if not smallest <= area <= largest:
             continue
@@ -719,10 +727,10 @@ def _quads(rgb: Array) -> list[Array]:
         # ... but the hull of a jagged outline has sides across nothing: most of the
         # quadrilateral's sides must be edges.
         if corners is not None and _support(corners, near_edges) >= QUAD_SUPPORT:
-            found.append((_area(corners), corners))
-    found.sort(key=lambda f: -f[0])
+            found.append((_graphic(spread, corners), _area(corners), corners))
+    found.sort(key=lambda f: (not f[0], -f[1]))
     quads: list[Array] = []
-    for _, corners in found:
+    for _, _, corners in found:
         # Pixel centres at half size: x there is (x + 0.5) * 2 - 0.5 here.
         quad = corners * 2 + 0.5
         x, y = quad[:, 0], quad[:, 1]
@@ -800,15 +808,37 @@ def _same_corners(a: Array, b: Array) -> bool:
     return bool(distance.min(axis=1).max() <= 12)
 
 
+def _colour_range(rgb: Array) -> Array:
+    """(h, w) uint8: the largest range of a channel over each pixel's 3x3 neighbourhood."""
+    kernel = np.ones((3, 3), np.uint8)
+    spread = cv2.subtract(cv2.dilate(rgb, kernel), cv2.erode(rgb, kernel))
+    largest: Array = cv2.max(cv2.max(spread[..., 0], spread[..., 1]), spread[..., 2])
+    return largest
+
+
+def _graphic(spread: Array, polygon: Array) -> bool:
+    """Whether the inside of a convex polygon ((n, 2), pixels of `spread`, see
+    _colour_range) looks like graphics rather than photo, as a graphic region's blocks do
+    (see _graphic_regions)."""
+    x0, y0 = np.maximum(np.floor(polygon.min(axis=0)).astype(int), 0)
+    x1, y1 = np.ceil(polygon.max(axis=0)).astype(int) + 1
+    inside = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillConvexPoly(inside, np.round(polygon - [x0, y0]).astype(np.int32), 1)
+    values = spread[y0:y1, x0:x1][inside[: spread.shape[0] - y0, : spread.shape[1] - x0] > 0]
+    return bool(
+        len(values)
+        and (values < GRAPHIC_FLAT_RANGE).mean() >= GRAPHIC_FLAT
+        and (values > GRAPHIC_STEP_RANGE).mean() >= GRAPHIC_EDGES
+    )
+
+
 def _graphic_regions(rgb: Array) -> list[Box]:
     """Boxes (x0, y0, x1, y1; largest first) of the parts of an image that look like
     graphics rather than photo: flat colours meeting at sharp steps, as a logo, a sign or
     lettering is drawn. A photo's texture is not flat; its smooth parts (sky, blur) have no
     sharp steps."""
     half = cv2.resize(rgb, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
-    kernel = np.ones((3, 3), np.uint8)
-    spread = cv2.subtract(cv2.dilate(half, kernel), cv2.erode(half, kernel))
-    spread = cv2.max(cv2.max(spread[..., 0], spread[..., 1]), spread[..., 2])
+    spread = _colour_range(half)
     block = GRAPHIC_BLOCK // 2
     rows, columns = spread.shape[0] // block, spread.shape[1] // block
     if not rows or not columns:

@@ -521,6 +521,42 @@ def test_an_outline_found_off_where_too_few_features_fit_is_aligned_to_the_exemp
     assert iou(match.box, (43, 4, 197, 118)) >= 0.9
 
 
+@pytest.mark.parametrize(
+    ("logo_name", "shown_name", "crop", "at"),
+    [
+        # A disc and a ring near the sides: at half size, the edges of the frame and of
+        # the shapes run together and split the inside into pieces with outlines of their
+        # own; the sign's background is still one flat region.
+        ("disc_and_ring.png", "disc_and_ring_at_72_pixels.png", (15, 117, 342), (477, 268)),
+        # Its outline is found, but larger outlines in the photo came before it.
+        ("arc_disc_and_letter.png", "arc_disc_and_letter_at_72_pixels.png", (172, 66, 415),
+         (776, 852)),
+    ],
+)  # fmt: skip
+def test_a_small_signs_outline_is_found_among_a_photos_larger_ones(
+    logo_name: str, shown_name: str, crop: tuple[int, int, int], at: tuple[int, int]
+) -> None:
+    # Benchmark held-out seed 11, signs at 7% of a photo of a motorcycle (72 pixels wide),
+    # whose outlines were not among those tried before; found on their outlines.
+    index = KeypointIndex.build([*among_26_logos(), ("e", "sign", fixture(logo_name))])
+    row = len(index) - 1
+    scene = photo_crop("motorcycle_right", *crop)
+    shown = fixture(shown_name)
+    x, y = at
+    h, w = shown.shape[:2]
+    scene[y : y + h, x : x + w] = shown
+    query = index._query(scene)
+    assert query is not None
+    frame = keypoints._frame(w, h) + np.array([x, y])
+
+    assert any(keypoints._same_corners(quad, frame) for quad in query.quads)
+    poses = [pose for r, pose, outline in index._framed_candidates(query) if r == row and outline]
+    verified = (index._verify_framed(row, pose, True, query) for pose in poses)
+    found = [match for match in verified if match is not None]
+    assert found
+    assert iou(found[0].box, (x, y, x + w, y + h)) >= 0.85
+
+
 def test_a_look_alike_sharing_the_letters_is_not_the_logo() -> None:
     original = logo(10, letters="KQ7")
     look_alike = logo(11, letters="KQ7")  # same font, letters and place; other shapes
