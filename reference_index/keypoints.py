@@ -167,6 +167,13 @@ QUAD_MAX_CUT = 0.1
 QUAD_SUPPORT = 0.8
 QUADS = 4
 QUAD_ASPECT = 2.0
+# A sign's background cut into pieces by the shapes on it is one outline too (see
+# _one_colour): of the flat regions (half size) of at least PIECE_MIN pixels, the PIECES
+# largest, those within PIECE_COLOUR of one another in every channel of their mean colour
+# and within their largest's own width and height of it are taken together.
+PIECE_MIN = 16
+PIECES = 200
+PIECE_COLOUR = 16
 # Graphic regions (see _graphic_regions), on the query at half size: GRAPHIC_BLOCK-pixel
 # blocks (of the working frame) where at least GRAPHIC_FLAT of the pixels are flat (colour
 # range over 3x3 below GRAPHIC_FLAT_RANGE) and at least GRAPHIC_EDGES sit on a sharp step
@@ -709,7 +716,11 @@ def _quads(rgb: Array) -> list[Array]:
     # its disc and ring near its sides, had no outline of its own among the edges).
     spread = _colour_range(half)
     flat = (spread < GRAPHIC_FLAT_RANGE).astype(np.uint8)
-    regions, _ = cv2.findContours(flat, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # Their outer outlines (a region in a hole of another is a region too: a sign on a wall).
+    outlines, hierarchy = cv2.findContours(flat, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    parents: Iterable[int] = hierarchy.reshape(-1, 4)[:, 3] if len(outlines) else []
+    regions = [outline for outline, parent in zip(outlines, parents, strict=True) if parent < 0]
+    regions += _one_colour(half, flat, regions)
     # A hull runs along the outside of an outline's pixels: a side is on an edge within 2.
     near_edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))
     smallest = (QUAD_MIN_SIDE / 2) ** 2
@@ -743,6 +754,45 @@ def _quads(rgb: Array) -> list[Array]:
         if len(quads) == QUADS:
             break
     return quads
+
+
+def _one_colour(rgb: Array, flat: Array, regions: list[Array]) -> list[Array]:
+    """The outlines of flat regions of one colour close together, joined (see PIECE_MIN):
+    a tilted sign whose shapes cross its sides leaves its background in pieces, none of
+    them with the sign's outline. `regions`: the outer outlines of the regions of `flat`
+    (cv2.findContours, one a region); a joined outline is theirs, concatenated."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(flat, connectivity=8)
+    starts = np.array([region[0, 0] for region in regions]).reshape(-1, 2)
+    pieces = labels[starts[:, 1], starts[:, 0]]  # the region of each outline
+    area = stats[pieces, cv2.CC_STAT_AREA]
+    order = np.argsort(-area, kind="stable")[:PIECES]
+    order = order[area[order] >= PIECE_MIN]
+    # Mean colours from every other pixel each way: a quarter of the work, as good.
+    sampled = labels[::2, ::2].ravel()
+    counts = np.bincount(sampled, minlength=count)[pieces[order]]
+    order = order[counts > 0]
+    if len(order) < 2:
+        return []
+    sums = [np.bincount(sampled, rgb[::2, ::2, c].ravel(), count) for c in range(3)]
+    colour = np.stack(sums, axis=1)[pieces[order]] / counts[counts > 0, None]
+    x, y, w, h = stats[pieces[order], :4].T
+    # near[i, j]: piece j may be of the sign whose background piece i (larger) is.
+    near = (np.abs(colour[:, None] - colour[None]).max(axis=2) <= PIECE_COLOUR) & (
+        (x[None] >= x[:, None] - w[:, None])
+        & (y[None] >= y[:, None] - h[:, None])
+        & (x[None] + w[None] <= x[:, None] + 2 * w[:, None])
+        & (y[None] + h[None] <= y[:, None] + 2 * h[:, None])
+    )
+    free = np.ones(len(order), bool)
+    joined = []
+    for i in range(len(order)):
+        if not free[i]:
+            continue
+        members = np.flatnonzero(near[i] & free)
+        free[members] = False
+        if len(members) > 1:
+            joined.append(np.concatenate([regions[order[j]] for j in members]))
+    return joined
 
 
 def _support(corners: Array, edges: Array) -> float:
