@@ -761,8 +761,10 @@ def _one_colour(rgb: Array, flat: Array, regions: list[Array]) -> list[Array]:
     a tilted sign whose shapes cross its sides leaves its background in pieces, none of
     them with the sign's outline. `regions`: the outer outlines of the regions of `flat`
     (cv2.findContours, one a region); a joined outline is theirs, concatenated."""
+    if not regions:  # noise everywhere
+        return []
     count, labels, stats, _ = cv2.connectedComponentsWithStats(flat, connectivity=8)
-    starts = np.array([region[0, 0] for region in regions]).reshape(-1, 2)
+    starts = np.array([region[0, 0] for region in regions])
     pieces = labels[starts[:, 1], starts[:, 0]]  # the region of each outline
     area = stats[pieces, cv2.CC_STAT_AREA]
     order = np.argsort(-area, kind="stable")[:PIECES]

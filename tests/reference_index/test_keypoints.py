@@ -978,6 +978,12 @@ def test_images_without_usable_features_give_no_match(index: KeypointIndex, imag
     assert index.search(image) == []
 
 
+def test_noise_without_a_flat_pixel_matches_nothing(index: KeypointIndex) -> None:
+    # No flat region at all to take outlines from (benchmark seed 1, gaussian noise).
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), np.uint8)
+    assert index.search(noise) == []
+
+
 def test_an_empty_index_and_a_flat_exemplar_match_nothing() -> None:
     assert KeypointIndex().search(LOGOS["asset-0"]) == []
     index = KeypointIndex.build([("flat", "asset-flat", np.full((100, 100, 3), 90, np.uint8))])
