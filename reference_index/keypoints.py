@@ -778,7 +778,7 @@ def _one_colour(rgb: Array, flat: Array, regions: list[Array]) -> list[Array]:
     sums = [np.bincount(sampled, rgb[::2, ::2, c].ravel(), count) for c in range(3)]
     colour = np.stack(sums, axis=1)[pieces[order]] / counts[counts > 0, None]
     x, y, w, h = stats[pieces[order], :4].T
-    # near[i, j]: piece j may be of the sign whose background piece i (larger) is.
+    # near[i, j]: piece j may be more of the background that piece i (larger) is part of.
     near = (np.abs(colour[:, None] - colour[None]).max(axis=2) <= PIECE_COLOUR) & (
         (x[None] >= x[:, None] - w[:, None])
         & (y[None] >= y[:, None] - h[:, None])
