@@ -388,7 +388,6 @@ class _Query:
     # enlarged (see KeypointIndex._zoom_boxes) with the smallest there.
     smallest: float
     zoomed: list[tuple[Box, float]]
-    quads: list[Array]  # quadrilateral outlines, see _quads
     pyramid: dict[int, Array] = field(default_factory=dict)  # see shrunk
     # The features' positions in k-d trees, one per GUIDED_ANGLE_BINS orientation bin, with
     # the features' indices (see _near).
@@ -1272,9 +1271,6 @@ class KeypointIndex:
         zoom_boxes = self._zoom_boxes(colour)
         jobs += [functools.partial(self._zoomed, colour, box, factor) for box, factor in zoom_boxes]
         running = _workers().map(lambda job: job(), jobs)
-        # Queued after the features: the thread done with the lightness and the regions while
-        # the other still describes luma finds the quadrilaterals meanwhile.
-        quads = _workers().submit(_quads, colour)
         described = list(running)
         features = _join([f for f in described if f is not None])
         if features is None:
@@ -1296,7 +1292,6 @@ class KeypointIndex:
             (height, width),
             smallest(described[:whole]),
             zoomed,
-            quads.result(),
         )
 
     def _spread_features(self, orb: Any, channel: Array, budget: int) -> _Features | None:
@@ -1843,7 +1838,8 @@ class KeypointIndex:
             if row not in whole
         ]
         framed = [(row, frame, False) for row in whole]
-        for outline in query.quads:
+        # The outlines are found here, on the worker that does this while the search votes.
+        for outline in _quads(query.colour):
             turns = [np.roll(outline, -turn, axis=0) for turn in range(4)]
             layouts = [_quad_layout(query.colour, quad) for quad in turns]
             on_quad = self._best_layouts(turns, layouts, np.log(QUAD_ASPECT), t.outline_candidates)

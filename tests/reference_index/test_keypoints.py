@@ -549,7 +549,7 @@ def test_a_small_signs_outline_is_found_among_a_photos_larger_ones(
     assert query is not None
     frame = keypoints._frame(w, h) + np.array([x, y])
 
-    assert any(keypoints._same_corners(quad, frame) for quad in query.quads)
+    assert any(keypoints._same_corners(quad, frame) for quad in keypoints._quads(query.colour))
     poses = [pose for r, pose, outline in index._framed_candidates(query) if r == row and outline]
     verified = (index._verify_framed(row, pose, True, query) for pose in poses)
     found = [match for match in verified if match is not None]
@@ -575,7 +575,7 @@ def test_a_tilted_signs_background_in_pieces_is_one_outline() -> None:
     query = index._query(scene)
     assert query is not None
 
-    assert any(keypoints._same_corners(quad, corners) for quad in query.quads)
+    assert any(keypoints._same_corners(quad, corners) for quad in keypoints._quads(query.colour))
     poses = [pose for r, pose, outline in index._framed_candidates(query) if r == row and outline]
     verified = (index._verify_framed(row, pose, True, query) for pose in poses)
     found = [match for match in verified if match is not None]
