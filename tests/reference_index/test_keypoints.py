@@ -528,7 +528,7 @@ def test_an_outline_found_off_where_too_few_features_fit_is_aligned_to_the_exemp
         # the shapes run together and split the inside into pieces with outlines of their
         # own; the sign's background is still one flat region.
         ("disc_and_ring.png", "disc_and_ring_at_72_pixels.png", (15, 117, 342), (477, 268)),
-        # Its outline is found, but larger outlines in the photo came before it.
+        # Its background's outline is found, but after larger outlines in the photo.
         ("arc_disc_and_letter.png", "arc_disc_and_letter_at_72_pixels.png", (172, 66, 415),
          (776, 852)),
     ],
