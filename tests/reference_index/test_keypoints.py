@@ -444,18 +444,43 @@ def test_an_outline_found_a_few_pixels_off_is_aligned_to_the_exemplar() -> None:
     assert iou(on_outline.box, (x, y, x + w, y + h)) >= 0.95
 
 
-def photo_crop(name: str, x: int, y: int, side: int) -> Rgb:
-    """A side x side crop of a scikit-image photo at (x, y), resized to 1024x1024 as the
-    benchmark's scenes are (bench/index_eval.py, photo_crop)."""
-    if name == "motorcycle_right":
+def benchmark_scene(
+    photo_name: str, crop: tuple[int, int, int], shown_name: str, at: tuple[int, int]
+) -> tuple[Rgb, Box]:
+    """A benchmark query rebuilt (bench/index_eval.py, photo_crop and _in_photo): the side x
+    side crop (x, y, side) of a scikit-image photo, resized to 1024x1024, with the fixture
+    `shown_name` (the sign as the benchmark pasted it) at `at`; and where the sign is."""
+    if photo_name == "motorcycle_right":
         motorcycle: Callable[[], tuple[Rgb, Rgb, object]] = skimage.data.stereo_motorcycle
         array = motorcycle()[1]
     else:
-        array = np.asarray(getattr(skimage.data, name)())
+        array = np.asarray(getattr(skimage.data, photo_name)())
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
-    crop = array[y : y + side, x : x + side, :3]
-    return np.asarray(Image.fromarray(crop).resize((1024, 1024), Image.Resampling.LANCZOS)).copy()
+    x, y, side = crop
+    square = Image.fromarray(array[y : y + side, x : x + side, :3])
+    scene = np.asarray(square.resize((1024, 1024), Image.Resampling.LANCZOS)).copy()
+    shown = fixture(shown_name)
+    x, y = at
+    h, w = shown.shape[:2]
+    scene[y : y + h, x : x + w] = shown
+    return scene, (x, y, x + w, y + h)
+
+
+def outline_poses(index: KeypointIndex, row: int, query: keypoints._Query) -> list[keypoints.Array]:
+    """The poses that put exemplar `row`'s frame on an outline in the query, as the search
+    tries them (see KeypointIndex._framed_candidates)."""
+    return [pose for r, pose, outline in index._framed_candidates(query) if r == row and outline]
+
+
+def verified_on_outlines(
+    index: KeypointIndex, row: int, query: keypoints._Query
+) -> list[KeypointMatch]:
+    """The matches of exemplar `row` on the query's outlines (see outline_poses)."""
+    verified = (
+        index._verify_framed(row, pose, True, query) for pose in outline_poses(index, row, query)
+    )
+    return [match for match in verified if match is not None]
 
 
 @pytest.mark.parametrize(
@@ -482,18 +507,14 @@ def test_a_homography_a_few_pixels_off_is_aligned_to_the_exemplar(
     # fits the pixels (most in their region's colour, most of the exemplar's edges found)
     # and fails the checks; aligned to the exemplar's pixels, it passes.
     index = KeypointIndex.build([*among_26_logos(), ("e", "sign", fixture(logo_name))])
-    scene = photo_crop(photo_name, *crop)
-    shown = fixture(shown_name)
-    x, y = at
-    h, w = shown.shape[:2]
-    scene[y : y + h, x : x + w] = shown
+    scene, box = benchmark_scene(photo_name, crop, shown_name, at)
 
     matches = index.search(scene)
 
     assert [m.asset_id for m in matches] == ["sign"]
     assert not matches[0].fitted  # the pose is the aligned one
     # The tilted sign's far side is foreshortened to a few pixels; its box may overreach.
-    assert iou(matches[0].box, (x, y, x + w, y + h)) >= 0.7
+    assert iou(matches[0].box, box) >= 0.7
 
 
 def test_an_outline_found_off_where_too_few_features_fit_is_aligned_to_the_exemplar() -> None:
@@ -507,7 +528,7 @@ def test_an_outline_found_off_where_too_few_features_fit_is_aligned_to_the_exemp
     row = len(index) - 1
     query = index._query(fixture("ellipse_and_hexagon_tilted_on_moon.png"))
     assert query is not None
-    [pose] = [pose for r, pose, outline in index._framed_candidates(query) if r == row and outline]
+    [pose] = outline_poses(index, row, query)
     exemplar, pairs, _ = index._guided_pairs(row, pose, query, index.thresholds.guided_px)
     found = keypoints._distinct(
         exemplar.geometry[pairs[:, 0], :2], query.features.geometry[pairs[:, 1], :2]
@@ -540,21 +561,16 @@ def test_a_small_signs_outline_is_found_among_a_photos_larger_ones(
     # whose outlines were not among those tried before; found on their outlines.
     index = KeypointIndex.build([*among_26_logos(), ("e", "sign", fixture(logo_name))])
     row = len(index) - 1
-    scene = photo_crop("motorcycle_right", *crop)
-    shown = fixture(shown_name)
-    x, y = at
-    h, w = shown.shape[:2]
-    scene[y : y + h, x : x + w] = shown
+    scene, box = benchmark_scene("motorcycle_right", crop, shown_name, at)
     query = index._query(scene)
     assert query is not None
-    frame = keypoints._frame(w, h) + np.array([x, y])
+    x0, y0, x1, y1 = box
+    frame = keypoints._frame(x1 - x0, y1 - y0) + np.array([x0, y0])
 
     assert any(keypoints._same_corners(quad, frame) for quad in keypoints._quads(query.colour))
-    poses = [pose for r, pose, outline in index._framed_candidates(query) if r == row and outline]
-    verified = (index._verify_framed(row, pose, True, query) for pose in poses)
-    found = [match for match in verified if match is not None]
+    found = verified_on_outlines(index, row, query)
     assert found
-    assert iou(found[0].box, (x, y, x + w, y + h)) >= 0.85
+    assert iou(found[0].box, box) >= 0.85
 
 
 def test_a_tilted_signs_background_in_pieces_is_one_outline() -> None:
@@ -566,21 +582,17 @@ def test_a_tilted_signs_background_in_pieces_is_one_outline() -> None:
         [*among_26_logos(), ("e", "sign", fixture("disc_bar_and_digits.png"))]
     )
     row = len(index) - 1
-    scene = photo_crop("camera", 102, 2, 389)
-    shown = fixture("disc_bar_and_digits_tilted.png")
-    x, y = 746, 224
-    h, w = shown.shape[:2]
-    scene[y : y + h, x : x + w] = shown
+    scene, box = benchmark_scene(
+        "camera", (102, 2, 389), "disc_bar_and_digits_tilted.png", (746, 224)
+    )
     corners = np.array([[790.6, 224.3], [858.4, 224.3], [900.4, 355.1], [746.1, 357.0]])
     query = index._query(scene)
     assert query is not None
 
     assert any(keypoints._same_corners(quad, corners) for quad in keypoints._quads(query.colour))
-    poses = [pose for r, pose, outline in index._framed_candidates(query) if r == row and outline]
-    verified = (index._verify_framed(row, pose, True, query) for pose in poses)
-    found = [match for match in verified if match is not None]
+    found = verified_on_outlines(index, row, query)
     assert found
-    assert iou(found[0].box, (x, y, x + w, y + h)) >= 0.9
+    assert iou(found[0].box, box) >= 0.9
 
 
 def test_a_look_alike_sharing_the_letters_is_not_the_logo() -> None:
